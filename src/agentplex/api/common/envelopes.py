@@ -1,0 +1,112 @@
+"""Response envelopes of the five surfaces, success and error, in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentplex.api.common.surface import Surface
+from agentplex.core.clock import iso, utcnow
+
+# Domain error codes (lower-case, PRX style) as each surface spells them.
+_HOT_CODES = {"rate_limited": "rate_limit_exceeded", "internal_error": "internal_server_error"}
+_UPPER_CODES = {"bad_request": "INVALID_REQUEST"}
+_OPENCODE_NAMES = {
+    "bad_request": "BadRequestError",
+    "unauthorized": "UnauthorizedError",
+    "not_found": "NotFoundError",
+}
+
+
+def hot_data(data: Any, request_id: str) -> dict[str, Any]:
+    """Hot's ``{data, meta}``."""
+    return {"data": data, "meta": _meta(request_id)}
+
+
+def hot_list(
+    items: list[Any], *, total: int, limit: int, offset: int, request_id: str
+) -> dict[str, Any]:
+    """Hot's list envelope with ``pagination``."""
+    return {
+        "data": items,
+        "pagination": {
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+            "has_more": offset + len(items) < total,
+        },
+        "meta": _meta(request_id),
+    }
+
+
+def par_ok(data: Any, request_id: str) -> dict[str, Any]:
+    """PAR's ``{success, data, timestamp, request_id}``."""
+    return {"success": True, "data": data, "timestamp": iso(utcnow()), "request_id": request_id}
+
+
+def _meta(request_id: str) -> dict[str, Any]:
+    return {"request_id": request_id, "timestamp": iso(utcnow())}
+
+
+def surface_code(surface: Surface, code: str, overrides: dict[str, str] | None = None) -> str:
+    """A domain error code as ``surface`` spells it."""
+    if overrides and surface.value in overrides:
+        return overrides[surface.value]
+    if surface is Surface.HOT:
+        return _HOT_CODES.get(code, code)
+    if surface in (Surface.PAR, Surface.HOPX):
+        return _UPPER_CODES.get(code, code.upper())
+    return code
+
+
+def error_body(
+    surface: Surface,
+    *,
+    code: str,
+    message: str,
+    request_id: str,
+    details: Any = None,
+    retry_after: int | None = None,
+    overrides: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The error envelope of ``surface``."""
+    spelled = surface_code(surface, code, overrides)
+    if surface is Surface.HOT:
+        error: dict[str, Any] = {"code": spelled, "message": message, "request_id": request_id}
+        if details is not None:
+            error["details"] = details
+        if retry_after is not None:
+            error["retry_after"] = retry_after
+        return {"error": error}
+    if surface is Surface.PRX:
+        error = {"code": spelled, "message": message, "details": details}
+        if retry_after is not None:
+            error["retry_after"] = retry_after
+        return {"error": error}
+    if surface is Surface.HOPX:
+        body: dict[str, Any] = {
+            "error": message,
+            "code": spelled,
+            "message": message,
+            "request_id": request_id,
+        }
+        if details is not None:
+            body["details"] = details
+        return body
+    if surface is Surface.OPENCODE:
+        name = _OPENCODE_NAMES.get(code, "".join(p.title() for p in code.split("_")) + "Error")
+        data: dict[str, Any] = {"message": message, "code": code}
+        if details is not None:
+            data["details"] = details
+        return {"name": name, "data": data}
+    # PAR, and the shared routes: a body that satisfies PAR, Hot and PRX readers at once.
+    error = {"code": spelled, "message": message, "details": details}
+    if surface is Surface.SHARED:
+        error["request_id"] = request_id
+    if retry_after is not None:
+        error["retry_after"] = retry_after
+    return {
+        "success": False,
+        "error": error,
+        "timestamp": iso(utcnow()),
+        "request_id": request_id,
+    }

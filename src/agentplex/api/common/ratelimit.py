@@ -1,0 +1,86 @@
+"""Rate limits per caller and endpoint group, counted by the `limits` library.
+
+Groups follow the PRX reference: session writes, session reads, config writes, everything
+else. Counters live in memory (one process) or in Redis (shared by every replica).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import Storage
+from limits.aio.strategies import FixedWindowRateLimiter
+from limits.storage import storage_from_string
+
+from agentplex.settings import RateLimitSettings
+
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: int  # epoch seconds at which the window resets
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.reset - time.time()))
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"x-ratelimit-limit", str(self.limit).encode()),
+            (b"x-ratelimit-remaining", str(self.remaining).encode()),
+            (b"x-ratelimit-reset", str(self.reset).encode()),
+        ]
+
+
+def group_for(method: str, path: str) -> str:
+    """The endpoint group a request counts against."""
+    parts = path.split("/")
+    segments = set(parts[1:4])
+    if "session" in segments or "sessions" in segments:
+        return "sessions_write" if method in _WRITE_METHODS else "sessions_read"
+    if "config" in segments and method in _WRITE_METHODS:
+        return "config_write"
+    return "default"
+
+
+class RateLimiter:
+    """Counts hits per (caller, group) in fixed one-window buckets."""
+
+    def __init__(self, settings: RateLimitSettings) -> None:
+        self.enabled = settings.enabled
+        self._items: dict[str, RateLimitItem] = {
+            "sessions_write": parse(settings.sessions_write),
+            "sessions_read": parse(settings.sessions_read),
+            "config_write": parse(settings.config_write),
+            "default": parse(settings.default),
+        }
+        url = settings.storage_url
+        options: dict[str, str] = {}
+        if url.startswith(("redis://", "rediss://")):
+            options["implementation"] = "redispy"
+        storage = storage_from_string("async+" + url, **options)
+        assert isinstance(storage, Storage)
+        self._storage: Storage = storage
+        self._limiter = FixedWindowRateLimiter(self._storage)
+
+    async def hit(self, subject: str, group: str) -> Decision:
+        """Count one request and say whether it may go ahead."""
+        item = self._items[group]
+        allowed = await self._limiter.hit(item, subject, group)
+        stats = await self._limiter.get_window_stats(item, subject, group)
+        return Decision(allowed, item.amount, max(0, stats.remaining), math.ceil(stats.reset_time))
+
+    async def ping(self) -> None:
+        """Raise if the counter storage cannot be reached."""
+        if not await self._storage.check():
+            raise ConnectionError("rate-limit storage is unreachable")
+
+    async def reset(self) -> None:
+        await self._storage.reset()

@@ -1,0 +1,60 @@
+"""Server-sent events, shared by every surface: replay from a cursor, then follow live, with
+keep-alive comments, ending cleanly when the client goes away or the server stops."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+
+from agentplex.errors import BadRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One SSE frame: ``id`` is the resume cursor, ``event`` the optional event name."""
+
+    data: Any
+    id: int | str | None = None
+    event: str | None = None
+
+
+def resume_cursor(request: Request, param: str = "after") -> int:
+    """Where a subscriber resumes: the ``Last-Event-ID`` header, else the ``after`` query."""
+    raw = request.headers.get("last-event-id") or request.query_params.get(param)
+    if raw is None or raw == "":
+        return 0
+    try:
+        cursor = int(raw)
+    except ValueError:
+        raise BadRequest(
+            f"Invalid cursor {raw!r}: Last-Event-ID / {param} must be a whole number"
+        ) from None
+    if cursor < 0:
+        raise BadRequest(f"Invalid cursor {cursor}: it must not be negative")
+    return cursor
+
+
+def sse_response(events: AsyncIterator[Event], *, keepalive: float) -> EventSourceResponse:
+    """Stream ``events`` as ``text/event-stream``."""
+
+    async def frames() -> AsyncIterator[ServerSentEvent]:
+        async for event in events:
+            data = (
+                event.data if isinstance(event.data, str) else json.dumps(event.data, default=str)
+            )
+            yield ServerSentEvent(
+                data=data,
+                id=None if event.id is None else str(event.id),
+                event=event.event,
+            )
+
+    return EventSourceResponse(
+        frames(),
+        ping=keepalive,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,47 @@
+"""Which of the five protocol surfaces a path belongs to (decides the error envelope)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Surface(StrEnum):
+    OPENCODE = "opencode"
+    HOT = "hot"
+    PRX = "prx"
+    HOPX = "hopx"
+    PAR = "par"
+    SHARED = "shared"
+
+
+_BY_FIRST_SEGMENT = {
+    "api": Surface.PRX,
+    "agent": Surface.PAR,
+    "agents": Surface.PAR,
+    "platform": Surface.PAR,
+    "logs": Surface.PAR,
+    "session": Surface.OPENCODE,
+    "event": Surface.OPENCODE,
+    "global": Surface.OPENCODE,
+    "config": Surface.OPENCODE,
+    "ws": Surface.OPENCODE,
+    # the Hopx data plane lives at the root of a sandbox's public host
+    "execute": Surface.HOPX,
+    "commands": Surface.HOPX,
+    "files": Surface.HOPX,
+    "env": Surface.HOPX,
+    "info": Surface.HOPX,
+    "terminal": Surface.HOPX,
+}
+_HOPX_CONTROL = {"sandboxes", "templates"}
+
+
+def surface_for(path: str) -> Surface:
+    """The surface whose reference documents ``path``."""
+    parts = path.split("/", 3)
+    first = parts[1] if len(parts) > 1 else ""
+    if first == "v1":
+        return Surface.HOPX if len(parts) > 2 and parts[2] in _HOPX_CONTROL else Surface.HOT
+    if first == "metrics" and len(parts) > 2 and parts[2] == "snapshot":
+        return Surface.HOPX
+    return _BY_FIRST_SEGMENT.get(first, Surface.SHARED)

@@ -1,0 +1,242 @@
+"""The ``agentplex`` command: serve, config, auth."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agentplex import __version__
+from agentplex.settings import ConfigFileError, Settings, load_settings
+
+_CONFIG_OPTION = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="TOML configuration file (also AGENTPLEX_CONFIG).",
+)
+_DATA_DIR_OPTION = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Data directory (also AGENTPLEX_DATA_DIR; default ./.agentplex).",
+)
+
+
+def _settings(config_file: Path | None, server: dict[str, Any] | None = None) -> Settings:
+    try:
+        return load_settings(config_file, {"server": server or {}})
+    except ConfigFileError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise click.ClickException(f"invalid configuration:\n{exc}") from exc
+
+
+@click.group()
+@click.version_option(__version__, prog_name="agentplex")
+def main() -> None:
+    """agentplex: a self-hosted agent runtime."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default 8080).")
+@_DATA_DIR_OPTION
+@_CONFIG_OPTION
+def serve(
+    host: str | None, port: int | None, data_dir: Path | None, config_file: Path | None
+) -> None:
+    """Start the server: HTTP + WebSocket API, scheduler, workers."""
+    import uvicorn
+
+    from agentplex.app import create_app
+
+    settings = _settings(config_file, {"host": host, "port": port, "data_dir": data_dir})
+    keys = asyncio.run(_key_count(settings))
+    static = settings.auth.api_key is not None or settings.auth.jwt_secret is not None
+    static = static or settings.auth.jwt_public_key is not None
+    if keys == 0 and not static:
+        if not _is_loopback(settings.server.host):
+            raise click.ClickException(
+                f"refusing to serve on {settings.server.host} with no API key: anyone could "
+                "use this server.\nCreate a key first with `agentplex auth token` (or set "
+                "AGENTPLEX_API_KEY), or bind a loopback address such as 127.0.0.1."
+            )
+        click.echo(
+            "agentplex: no API key exists, so authentication is OFF and the server listens "
+            f"only on loopback ({settings.server.host}). Create a key with "
+            "`agentplex auth token` to turn authentication on.",
+            err=True,
+        )
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        lifespan="on",
+        log_config=None,
+        access_log=settings.log.access_log,
+        timeout_graceful_shutdown=int(settings.server.graceful_shutdown_seconds),
+        proxy_headers=False,
+        ws_max_size=settings.server.max_body_bytes,
+    )
+    uvicorn.Server(config).run()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+async def _key_count(settings: Settings) -> int:
+    from agentplex.core import apikeys
+    from agentplex.db import migrate
+
+    db = _database(settings)
+    try:
+        await migrate.upgrade(db)
+        async with db.read() as conn:
+            return await apikeys.count_active(conn)
+    finally:
+        await db.dispose()
+
+
+def _database(settings: Settings) -> Any:
+    from agentplex.db.engine import Database
+
+    settings.server.data_dir.mkdir(parents=True, exist_ok=True)
+    return Database(settings.database_url, busy_timeout_ms=settings.database.busy_timeout_ms)
+
+
+@main.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("show")
+@_CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML-like text.")
+def config_show(config_file: Path | None, as_json: bool) -> None:
+    """Print the effective configuration, secrets redacted, with each field's description."""
+    settings = _settings(config_file)
+    data = settings.redacted()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for section, model in settings:
+        click.echo(f"[{section}]")
+        for name, field in type(model).model_fields.items():
+            if field.description:
+                click.echo(f"# {field.description}")
+            click.echo(f"{name} = {json.dumps(data[section][name])}")
+        click.echo()
+
+
+@main.group()
+def auth() -> None:
+    """Manage API keys."""
+
+
+@auth.command("token")
+@click.option("--name", default="default", help="A label to recognise the key by.")
+@click.option("--env", "env_name", default="default", help="Environment the key is scoped to.")
+@_DATA_DIR_OPTION
+@_CONFIG_OPTION
+def auth_token(name: str, env_name: str, data_dir: Path | None, config_file: Path | None) -> None:
+    """Create an API key and print it once (it cannot be shown again)."""
+    settings = _settings(config_file, {"data_dir": data_dir})
+    key, plaintext = asyncio.run(_create_key(settings, name, env_name))
+    click.echo(plaintext)
+    click.echo(f"created key {key.prefix}… ({key.id}); store it now, it is not kept.", err=True)
+
+
+async def _create_key(settings: Settings, name: str, env_name: str) -> Any:
+    from agentplex.core import apikeys, environments
+    from agentplex.db import migrate
+
+    db = _database(settings)
+    try:
+        await migrate.upgrade(db)
+        async with db.write() as conn:
+            default = await environments.ensure_default(conn)
+            env = default if env_name == default.name else None
+            if env is None:
+                env = await environments.get_by_name(conn, env_name)
+            if env is None:
+                raise click.ClickException(f"no environment named {env_name!r}")
+            return await apikeys.create(conn, env.id, name)
+    finally:
+        await db.dispose()
+
+
+@auth.command("keys")
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
+@_DATA_DIR_OPTION
+@_CONFIG_OPTION
+def auth_keys(include_revoked: bool, data_dir: Path | None, config_file: Path | None) -> None:
+    """List API keys: prefix, name, created, last used."""
+    from agentplex.core.clock import iso
+
+    settings = _settings(config_file, {"data_dir": data_dir})
+    keys = asyncio.run(_list_keys(settings, include_revoked))
+    click.echo(f"{'PREFIX':<14} {'NAME':<16} {'CREATED':<25} {'LAST USED':<25} STATUS")
+    for k in keys:
+        click.echo(
+            f"{k.prefix:<14} {k.name[:16]:<16} {iso(k.created_at) or '':<25} "
+            f"{iso(k.last_used_at) or 'never':<25} {'revoked' if k.revoked_at else 'active'}"
+        )
+
+
+async def _list_keys(settings: Settings, include_revoked: bool) -> Any:
+    from agentplex.core import apikeys
+    from agentplex.db import migrate
+
+    db = _database(settings)
+    try:
+        await migrate.upgrade(db)
+        async with db.read() as conn:
+            return await apikeys.list_keys(conn, include_revoked=include_revoked)
+    finally:
+        await db.dispose()
+
+
+@auth.command("revoke")
+@click.argument("key")
+@_DATA_DIR_OPTION
+@_CONFIG_OPTION
+def auth_revoke(key: str, data_dir: Path | None, config_file: Path | None) -> None:
+    """Revoke the key with this id or prefix."""
+    from agentplex.errors import NotFound
+
+    settings = _settings(config_file, {"data_dir": data_dir})
+    try:
+        revoked = asyncio.run(_revoke(settings, key))
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"revoked key {revoked.prefix}… ({revoked.id})")
+
+
+async def _revoke(settings: Settings, key: str) -> Any:
+    from agentplex.core import apikeys
+    from agentplex.db import migrate
+
+    db = _database(settings)
+    try:
+        await migrate.upgrade(db)
+        async with db.write() as conn:
+            return await apikeys.revoke(conn, key)
+    finally:
+        await db.dispose()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

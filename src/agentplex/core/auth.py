@@ -1,0 +1,143 @@
+"""Who is calling: API keys (stored, or from the environment) and JWT bearer tokens."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import jwt
+
+from agentplex.core import apikeys
+from agentplex.core.clock import utcnow
+from agentplex.db.engine import Database
+from agentplex.settings import AuthSettings
+
+log = logging.getLogger("agentplex.auth")
+
+_CACHE_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller."""
+
+    env_id: str
+    kind: Literal["api_key", "env_key", "jwt", "anonymous"]
+    key_id: str | None
+    subject: str  # what rate limits count against
+
+
+class Authenticator:
+    """Verifies credentials, caching verified keys for a short while."""
+
+    def __init__(self, db: Database, settings: AuthSettings) -> None:
+        self._db = db
+        self._settings = settings
+        self._default_env_id = ""
+        env_key = settings.api_key.get_secret_value() if settings.api_key else ""
+        self._env_key_hash = apikeys.hash_key(env_key) if env_key else None
+        self._jwt_key = _jwt_verification_key(settings)
+        self._cache: dict[str, tuple[Principal | None, float]] = {}
+        self._keys_exist = False
+        self._keys_checked_at = float("-inf")
+        self._used: set[str] = set()
+        self.anonymous = Principal("", "anonymous", None, "anonymous")
+
+    def set_default_env(self, env_id: str) -> None:
+        """The environment of env-var keys, JWTs without an ``env_id`` and anonymous calls."""
+        self._default_env_id = env_id
+        self.anonymous = Principal(env_id, "anonymous", None, "anonymous")
+
+    @property
+    def configured_statically(self) -> bool:
+        """Whether a key or JWT verifier comes from configuration (not the database)."""
+        return self._env_key_hash is not None or self._jwt_key is not None
+
+    async def required(self) -> bool:
+        """Auth is enforced as soon as any key exists (re-checked every few seconds)."""
+        if self.configured_statically:
+            return True
+        now = time.monotonic()
+        if now - self._keys_checked_at > max(self._settings.cache_seconds, 0.5):
+            async with self._db.read() as conn:
+                self._keys_exist = await apikeys.count_active(conn) > 0
+            self._keys_checked_at = now
+        return self._keys_exist
+
+    async def authenticate(self, credential: str) -> Principal | None:
+        """The caller a credential stands for, or None if it is not valid."""
+        if not credential:
+            return None
+        digest = apikeys.hash_key(credential)
+        if self._env_key_hash is not None and hmac.compare_digest(digest, self._env_key_hash):
+            return Principal(self._default_env_id, "env_key", None, "env:" + digest[:16])
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > now:
+            principal = cached[0]
+        else:
+            principal = await self._verify(credential, digest)
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[digest] = (principal, now + self._settings.cache_seconds)
+        if principal is not None and principal.key_id is not None:
+            self._used.add(principal.key_id)
+        return principal
+
+    async def _verify(self, credential: str, digest: str) -> Principal | None:
+        if self._jwt_key is not None and credential.count(".") == 2:
+            return self._verify_jwt(credential)
+        async with self._db.read() as conn:
+            found = await apikeys.lookup(conn, digest)
+        if found is None:
+            return None
+        key, stored = found
+        if not hmac.compare_digest(stored, digest):
+            return None
+        return Principal(key.env_id, "api_key", key.id, "key:" + key.id)
+
+    def _verify_jwt(self, token: str) -> Principal | None:
+        assert self._jwt_key is not None
+        try:
+            claims = jwt.decode(
+                token,
+                self._jwt_key,
+                algorithms=self._settings.jwt_algorithms,
+                audience=self._settings.jwt_audience,
+                issuer=self._settings.jwt_issuer,
+                options={"verify_aud": self._settings.jwt_audience is not None},
+            )
+        except jwt.PyJWTError as exc:
+            log.info("rejected a JWT: %s", exc)
+            return None
+        subject = str(claims.get("sub", "jwt"))
+        env_id = str(claims.get("env_id") or self._default_env_id)
+        return Principal(env_id, "jwt", None, "jwt:" + subject)
+
+    def forget(self) -> None:
+        """Drop cached verdicts (after a key is created or revoked in this process)."""
+        self._cache.clear()
+        self._keys_checked_at = float("-inf")
+
+    async def flush_usage(self) -> None:
+        """Write the last-used time of keys used since the previous flush."""
+        if not self._used:
+            return
+        used, self._used = list(self._used), set()
+        async with self._db.write() as conn:
+            await apikeys.touch(conn, used, utcnow())
+
+
+def _jwt_verification_key(settings: AuthSettings) -> str | None:
+    if settings.jwt_public_key is not None:
+        value = settings.jwt_public_key.get_secret_value().strip()
+        if value and not value.startswith("-----BEGIN"):
+            value = Path(value).expanduser().read_text()
+        return value or None
+    if settings.jwt_secret is not None:
+        return settings.jwt_secret.get_secret_value() or None
+    return None

@@ -1,0 +1,266 @@
+"""The log store: every log record, kept in a bounded ring, queryable and followable.
+
+Records arrive from the ``logging`` module (any thread); followers are asyncio tasks woken
+through their loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sys
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from agentplex.core.clock import iso, utcnow
+from agentplex.core.streams import Ring, StreamItem
+
+LEVELS = {"trace": 5, "debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
+logging.addLevelName(5, "TRACE")
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_STREAM_ID = "logs"
+
+
+def parse_level(value: str) -> int:
+    """A level name (trace, debug, info, warn, error) as a number."""
+    try:
+        return LEVELS[value.strip().lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown level {value!r}; use one of trace, debug, info, warn, error"
+        ) from None
+
+
+def parse_since(value: str, now: datetime | None = None) -> datetime:
+    """An ISO 8601 time or a duration back from now (``90s``, ``30m``, ``1h``, ``2d``)."""
+    now = now or utcnow()
+    match = _DURATION.match(value)
+    if match:
+        return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"invalid since {value!r}; use an ISO 8601 time or a duration like 30m or 1h"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class LogQuery:
+    """Which entries to return."""
+
+    min_level: int = LEVELS["info"]
+    module: str | None = None
+    since: datetime | None = None
+    session_id: str | None = None
+    limit: int = 100
+
+    def matches(self, entry: dict[str, Any]) -> bool:
+        if entry["levelno"] < self.min_level:
+            return False
+        if self.module and not _module_matches(entry["module"], self.module):
+            return False
+        if self.session_id and entry.get("session_id") != self.session_id:
+            return False
+        return not (self.since and entry["time"] < self.since)
+
+
+def _module_matches(module: str, wanted: str) -> bool:
+    # PRX names modules like "channel::telegram"; Python loggers use dots. Accept both.
+    wanted = wanted.replace("::", ".")
+    module = module.replace("::", ".")
+    return (
+        module == wanted
+        or module.startswith(wanted + ".")
+        or module.startswith("agentplex." + wanted)
+    )
+
+
+class LogStore:
+    """A bounded ring of structured log entries."""
+
+    def __init__(self, size: int) -> None:
+        self._ring = Ring(size)
+        self._lock = threading.Lock()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+
+    def add(self, entry: dict[str, Any]) -> StreamItem:
+        with self._lock:
+            item = self._ring.append(_STREAM_ID, entry)
+            waiters = tuple(self._waiters)
+        for loop, event in waiters:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that loop is closed
+                self._waiters.discard((loop, event))
+        return item
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def _after(self, cursor: int) -> list[StreamItem]:
+        with self._lock:
+            return self._ring.after(cursor, len(self._ring))
+
+    def query(self, query: LogQuery) -> tuple[list[dict[str, Any]], int]:
+        """The newest ``limit`` matching entries (oldest first) and how many matched."""
+        matched = [item for item in self._after(0) if query.matches(item.data)]
+        return [public_entry(i) for i in matched[-query.limit :]] if query.limit else [], len(
+            matched
+        )
+
+    async def follow(self, query: LogQuery, after: int = 0) -> AsyncIterator[StreamItem]:
+        """Matching entries after the cursor, then live ones as they are logged."""
+        event = asyncio.Event()
+        waiter = (asyncio.get_running_loop(), event)
+        self._waiters.add(waiter)
+        try:
+            cursor = after
+            while True:
+                event.clear()
+                for item in self._after(cursor):
+                    cursor = item.id
+                    if query.matches(item.data):
+                        yield item
+                await event.wait()
+        finally:
+            self._waiters.discard(waiter)
+
+
+def public_entry(item: StreamItem) -> dict[str, Any]:
+    """An entry as the APIs show it."""
+    data = item.data
+    entry: dict[str, Any] = {
+        "id": item.id,
+        "timestamp": iso(data["time"]),
+        "level": data["level"],
+        "module": data["module"],
+        "message": data["message"],
+    }
+    for key in ("session_id", "request_id", "agent_id"):
+        if data.get(key) is not None:
+            entry[key] = data[key]
+    if data.get("fields"):
+        entry["fields"] = data["fields"]
+    return entry
+
+
+_LEVEL_NAMES = {5: "trace", 10: "debug", 20: "info", 30: "warn", 40: "error", 50: "error"}
+_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
+def _entry(record: logging.LogRecord) -> dict[str, Any]:
+    fields = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
+    message = record.getMessage()
+    if record.exc_info:
+        message += "\n" + logging.Formatter().formatException(record.exc_info)
+    return {
+        "time": datetime.fromtimestamp(record.created, UTC),
+        "levelno": record.levelno,
+        "level": _LEVEL_NAMES.get(record.levelno, record.levelname.lower()),
+        "module": record.name,
+        "message": message,
+        "session_id": fields.pop("session_id", None),
+        "request_id": fields.pop("request_id", None),
+        "agent_id": fields.pop("agent_id", None),
+        "fields": {k: _jsonable(v) for k, v in fields.items()},
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+class StoreHandler(logging.Handler):
+    """Copies every record into a LogStore."""
+
+    def __init__(self, store: LogStore) -> None:
+        super().__init__()
+        self.store = store
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.store.add(_entry(record))
+        except Exception:  # a log handler must never raise into the caller
+            self.handleError(record)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = _entry(record)
+        out = {
+            "timestamp": iso(entry["time"]),
+            "level": entry["level"],
+            "module": entry["module"],
+            "message": entry["message"],
+        }
+        out.update({k: entry[k] for k in ("session_id", "request_id") if entry[k]})
+        out.update(entry["fields"])
+        return json.dumps(out, default=str)
+
+
+def configure_logging(store: LogStore, level: str, fmt: str, access_log: bool = False) -> None:
+    """Send agentplex's (and uvicorn's) records to the console and to ``store``."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, StoreHandler) or getattr(handler, "_agentplex", False):
+            root.removeHandler(handler)
+    console = logging.StreamHandler(sys.stderr)
+    console._agentplex = True  # type: ignore[attr-defined]
+    console.setFormatter(
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
+    root.addHandler(console)
+    root.addHandler(StoreHandler(store))
+    root.setLevel(parse_level(level))
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = name != "uvicorn.access" or access_log
+    # Alembic narrates every migration context at INFO; only its warnings matter here.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def build_query(
+    *,
+    level: str | None,
+    module: str | None = None,
+    since: str | None = None,
+    session_id: str | None = None,
+    limit: int = 100,
+    default_since: str | None = None,
+) -> LogQuery:
+    """A LogQuery from API parameters; bad values raise BadRequest naming the parameter."""
+    from agentplex.errors import BadRequest
+
+    try:
+        min_level = parse_level(level or "info")
+        since_value = since or default_since
+        since_time = parse_since(since_value) if since_value else None
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    if limit < 0:
+        raise BadRequest(f"limit must not be negative (got {limit})")
+    return LogQuery(
+        min_level=min_level,
+        module=module or None,
+        since=since_time,
+        session_id=session_id or None,
+        limit=limit,
+    )

@@ -1,0 +1,85 @@
+"""Domain exceptions. Each surface maps them to its own envelope in one place
+(``agentplex.api.common.errors``); an exception's docstring is its default message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AgentplexError(Exception):
+    """Something went wrong."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str | None = None, *, details: Any = None) -> None:
+        self.message = message or (self.__doc__ or self.code).strip()
+        self.details = details
+        super().__init__(self.message)
+
+
+class BadRequest(AgentplexError):
+    """The request is malformed or has invalid parameters."""
+
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(AgentplexError):
+    """Missing or invalid API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(AgentplexError):
+    """This key may not do that."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(AgentplexError):
+    """Resource not found."""
+
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(AgentplexError):
+    """This route does not accept that HTTP method."""
+
+    status = 405
+    code = "method_not_allowed"
+
+
+class Conflict(AgentplexError):
+    """The resource is in a state that does not allow this."""
+
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(AgentplexError):
+    """The request body is larger than the server accepts."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class RateLimited(AgentplexError):
+    """Too many requests; retry after the indicated delay."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, retry_after: int, message: str | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message or f"Rate limit exceeded; retry in {retry_after} s.")
+
+
+class ServiceUnavailable(AgentplexError):
+    """The server is not ready to serve this request."""
+
+    status = 503
+    code = "service_unavailable"

@@ -1,0 +1,118 @@
+"""The running server's core services, built once and shared by every surface."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+from agentplex import __version__
+from agentplex.bus import Bus, create_bus
+from agentplex.core import environments
+from agentplex.core.auth import Authenticator
+from agentplex.core.clock import utcnow
+from agentplex.core.logs import LogStore, configure_logging
+from agentplex.core.streams import StreamStore
+from agentplex.db import migrate
+from agentplex.db.engine import Database
+from agentplex.settings import Settings
+
+log = logging.getLogger("agentplex.server")
+
+_USAGE_FLUSH_SECONDS = 30.0
+
+
+class Runtime:
+    """Settings plus the services built from them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.version = __version__
+        self.git_sha = _git_sha()
+        self.started_at: datetime = utcnow()
+        self.started_monotonic = time.monotonic()
+        self.logs = LogStore(settings.log.store_size)
+        self.db = Database(
+            settings.database_url,
+            pool_size=settings.database.pool_size,
+            busy_timeout_ms=settings.database.busy_timeout_ms,
+            echo=settings.database.echo,
+        )
+        self.bus: Bus = create_bus(settings.bus.url)
+        self.streams = StreamStore(self.db, self.bus, settings.streams.ring_size)
+        self.auth = Authenticator(self.db, settings.auth)
+        self.default_env_id = ""
+        self.ready = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def uptime_seconds(self) -> float:
+        return time.monotonic() - self.started_monotonic
+
+    async def start(self) -> None:
+        """Migrate the database, connect the bus and start background work."""
+        configure_logging(
+            self.logs,
+            self.settings.log.level,
+            self.settings.log.format,
+            self.settings.log.access_log,
+        )
+        self.settings.server.data_dir.mkdir(parents=True, exist_ok=True)
+        await migrate.upgrade(self.db)
+        async with self.db.write() as conn:
+            env = await environments.ensure_default(conn)
+        self.default_env_id = env.id
+        self.auth.set_default_env(env.id)
+        await self.bus.start()
+        self._tasks.append(asyncio.create_task(self._flush_key_usage(), name="key-usage"))
+        self.ready = True
+        log.info(
+            "agentplex %s started: database %s, bus %s",
+            self.version,
+            self.db.describe(),
+            self.settings.bus.url.split("@")[-1],
+        )
+
+    async def stop(self) -> None:
+        """Stop background work and release connections."""
+        self.ready = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            await self.auth.flush_usage()
+        await self.bus.close()
+        await self.db.dispose()
+        log.info("agentplex stopped")
+
+    async def _flush_key_usage(self) -> None:
+        while True:
+            await asyncio.sleep(_USAGE_FLUSH_SECONDS)
+            try:
+                await self.auth.flush_usage()
+            except Exception:
+                log.exception("could not record API key usage")
+
+
+def _git_sha() -> str:
+    if sha := os.environ.get("AGENTPLEX_GIT_SHA"):
+        return sha
+    source = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=2,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"

@@ -1,0 +1,245 @@
+"""Configuration: one settings class per subsystem.
+
+Precedence, highest first: command-line flags, ``AGENTPLEX_*`` environment variables, the TOML
+file (``--config`` or ``AGENTPLEX_CONFIG``; one table per subsystem, e.g. ``[database]``), and
+the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+_toml_tables: ContextVar[dict[str, Any] | None] = ContextVar("_toml_tables", default=None)
+
+
+class _TomlTableSource(PydanticBaseSettingsSource):
+    """Feeds one table of the TOML file to the subsystem class that owns it."""
+
+    def __init__(self, settings_cls: type[BaseSettings], table: str) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = dict((_toml_tables.get() or {}).get(table, {}))
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
+
+
+class _Subsystem(BaseSettings):
+    table: ClassVar[str] = ""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlTableSource(settings_cls, cls.table))
+
+
+class ServerSettings(_Subsystem):
+    """The HTTP server and where the server keeps its files."""
+
+    table: ClassVar[str] = "server"
+    model_config = SettingsConfigDict(env_prefix="AGENTPLEX_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to bind. Non-loopback needs an API key.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on.")
+    data_dir: Path = Field(
+        Path(".agentplex"),
+        description="Directory for the SQLite database, the master key and blobs.",
+    )
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger is 413."
+    )
+    graceful_shutdown_seconds: float = Field(
+        10.0, ge=0, description="How long in-flight requests may finish after SIGTERM/SIGINT."
+    )
+    public_url: str | None = Field(
+        None, description="Base URL clients reach this server at (defaults to http://host:port)."
+    )
+
+
+class DatabaseSettings(_Subsystem):
+    """Where state lives: SQLite in the data directory, or PostgreSQL for scale-out."""
+
+    table: ClassVar[str] = "database"
+    model_config = SettingsConfigDict(env_prefix="AGENTPLEX_DATABASE_", extra="ignore")
+
+    url: SecretStr | None = Field(
+        None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db. "
+        "Empty means SQLite at <data_dir>/agentplex.db.",
+    )
+    pool_size: int = Field(10, ge=1, description="Connections kept open (PostgreSQL).")
+    busy_timeout_ms: int = Field(5000, ge=0, description="SQLite busy timeout.")
+    echo: bool = Field(False, description="Log every SQL statement.")
+
+
+class AuthSettings(_Subsystem):
+    """API keys and JWT bearer tokens."""
+
+    table: ClassVar[str] = "auth"
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTPLEX_AUTH_", extra="ignore", populate_by_name=True
+    )
+
+    api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("api_key", "AGENTPLEX_API_KEY", "HOTPLEX_API_KEY"),
+        description="A key accepted in addition to stored keys (AGENTPLEX_API_KEY or "
+        "HOTPLEX_API_KEY). It belongs to the default environment.",
+    )
+    jwt_secret: SecretStr | None = Field(
+        None, description="Shared secret for HMAC-signed JWT bearer tokens (PAR)."
+    )
+    jwt_public_key: SecretStr | None = Field(
+        None, description="PEM public key (or path to one) for RSA/EC-signed JWT bearer tokens."
+    )
+    jwt_algorithms: list[str] = Field(
+        default_factory=lambda: ["HS256"],
+        description="Algorithms a JWT may be signed with; nothing else is accepted.",
+    )
+    jwt_audience: str | None = Field(None, description="Required `aud` claim, if set.")
+    jwt_issuer: str | None = Field(None, description="Required `iss` claim, if set.")
+    public_docs: bool = Field(
+        True, description="Serve /docs and /openapi.json without a key (they hold no data)."
+    )
+    cache_seconds: float = Field(
+        2.0, ge=0, description="How long a verified key is trusted before it is looked up again."
+    )
+
+
+class RateLimitSettings(_Subsystem):
+    """Per-key, per-endpoint-group rate limits (`limits` syntax, e.g. "10/second")."""
+
+    table: ClassVar[str] = "rate_limit"
+    model_config = SettingsConfigDict(env_prefix="AGENTPLEX_RATE_LIMIT_", extra="ignore")
+
+    enabled: bool = Field(True, description="Apply rate limits at all.")
+    storage_url: str = Field(
+        "memory://", description="limits storage: memory:// or redis://host:port/db."
+    )
+    sessions_write: str = Field("10/second", description="Creating/changing sessions.")
+    sessions_read: str = Field("50/second", description="Reading sessions.")
+    config_write: str = Field("5/second", description="Changing configuration.")
+    default: str = Field("30/second", description="Every other endpoint.")
+
+
+class BusSettings(_Subsystem):
+    """The pub/sub bus that fans stream items out to subscribers."""
+
+    table: ClassVar[str] = "bus"
+    model_config = SettingsConfigDict(env_prefix="AGENTPLEX_BUS_", extra="ignore")
+
+    url: str = Field("memory://", description="memory:// (one process) or redis://host:port/db.")
+
+
+class StreamSettings(_Subsystem):
+    """Streams and their server-sent-event delivery."""
+
+    table: ClassVar[str] = "streams"
+    model_config = SettingsConfigDict(env_prefix="AGENTPLEX_STREAMS_", extra="ignore")
+
+    ring_size: int = Field(1000, ge=1, description="Items kept per ephemeral (in-memory) stream.")
+    keepalive_seconds: float = Field(15.0, gt=0, description="Interval of SSE keep-alive comments.")
+
+
+class LogSettings(_Subsystem):
+    """Structured logging and the queryable log store."""
+
+    table: ClassVar[str] = "log"
+    model_config = SettingsConfigDict(env_prefix="AGENTPLEX_LOG_", extra="ignore")
+
+    level: Literal["trace", "debug", "info", "warn", "warning", "error"] = Field(
+        "info", description="Lowest level logged and stored."
+    )
+    format: Literal["text", "json"] = Field("text", description="Console log format.")
+    store_size: int = Field(10000, ge=10, description="Log records kept for /api/v1/logs.")
+    access_log: bool = Field(False, description="Log every HTTP request.")
+
+
+class Settings(BaseModel):
+    """The whole configuration."""
+
+    server: ServerSettings
+    database: DatabaseSettings
+    auth: AuthSettings
+    rate_limit: RateLimitSettings
+    bus: BusSettings
+    streams: StreamSettings
+    log: LogSettings
+
+    @property
+    def database_url(self) -> str:
+        """The effective SQLAlchemy URL."""
+        if self.database.url is not None and self.database.url.get_secret_value():
+            return self.database.url.get_secret_value()
+        return f"sqlite+aiosqlite:///{(self.server.data_dir / 'agentplex.db').resolve()}"
+
+    def redacted(self) -> dict[str, Any]:
+        """The configuration as plain data with every secret replaced."""
+        data = self.model_dump(mode="json")
+        for section, model in self:
+            for name, value in model:
+                if isinstance(value, SecretStr):
+                    data[section][name] = "***REDACTED***" if value.get_secret_value() else None
+        return data
+
+
+_SUBSYSTEMS: dict[str, type[_Subsystem]] = {
+    "server": ServerSettings,
+    "database": DatabaseSettings,
+    "auth": AuthSettings,
+    "rate_limit": RateLimitSettings,
+    "bus": BusSettings,
+    "streams": StreamSettings,
+    "log": LogSettings,
+}
+
+
+class ConfigFileError(Exception):
+    """The configuration file could not be read."""
+
+
+def load_settings(
+    config_file: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None
+) -> Settings:
+    """Build the settings from flags (``overrides``), environment, TOML file and defaults."""
+    path = config_file or (Path(p) if (p := os.environ.get("AGENTPLEX_CONFIG")) else None)
+    tables: dict[str, Any] = {}
+    if path is not None:
+        try:
+            tables = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigFileError(f"cannot read config file {path}: {exc}") from exc
+        unknown = set(tables) - set(_SUBSYSTEMS)
+        if unknown:
+            raise ConfigFileError(
+                f"unknown table(s) {sorted(unknown)} in {path}; known: {sorted(_SUBSYSTEMS)}"
+            )
+    token = _toml_tables.set(tables)
+    try:
+        parts = {
+            name: cls(**{k: v for k, v in (overrides or {}).get(name, {}).items() if v is not None})
+            for name, cls in _SUBSYSTEMS.items()
+        }
+    finally:
+        _toml_tables.reset(token)
+    return Settings(**parts)
