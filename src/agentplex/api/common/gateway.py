@@ -92,9 +92,9 @@ class Gateway:
             await self.app(scope, wrapped_receive, send_wrapper)
         finally:
             self.metrics.in_flight.dec()
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.observe(method, template, status_holder[0], time.perf_counter() - started)
+            self.metrics.observe(
+                method, route_template(scope), status_holder[0], time.perf_counter() - started
+            )
 
     async def _admit(
         self,
@@ -177,6 +177,28 @@ class Gateway:
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path with parameters as ``{name}`` (bounded metric labels)."""
+    if "route" not in scope and "endpoint" not in scope:
+        return "unmatched"
+    path: str = scope["path"]
+    params: dict[str, Any] = scope.get("path_params") or {}
+    if not params:
+        return path
+    segments = path.split("/")
+    for name, value in params.items():
+        text = str(value)
+        for index in range(len(segments) - 1, 0, -1):
+            if segments[index] == text:
+                segments[index] = "{" + name + "}"
+                break
+        else:  # a value spanning several segments ({name:path})
+            joined = "/".join(segments)
+            if text and joined.endswith(text):
+                segments = (joined[: -len(text)] + "{" + name + "}").split("/")
+    return "/".join(segments)
 
 
 def _request_id(headers: list[tuple[bytes, bytes]]) -> str:

@@ -25,11 +25,15 @@ class Decision:
     allowed: bool
     limit: int
     remaining: int
-    reset: int  # epoch seconds at which the window resets
+    reset_time: float  # epoch seconds at which the window resets
+
+    @property
+    def reset(self) -> int:
+        return math.ceil(self.reset_time)
 
     @property
     def retry_after(self) -> int:
-        return max(1, math.ceil(self.reset - time.time()))
+        return max(1, math.ceil(self.reset_time - time.time()))
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [
@@ -75,7 +79,7 @@ class RateLimiter:
         item = self._items[group]
         allowed = await self._limiter.hit(item, subject, group)
         stats = await self._limiter.get_window_stats(item, subject, group)
-        return Decision(allowed, item.amount, max(0, stats.remaining), math.ceil(stats.reset_time))
+        return Decision(allowed, item.amount, max(0, stats.remaining), stats.reset_time)
 
     async def ping(self) -> None:
         """Raise if the counter storage cannot be reached."""

@@ -1,0 +1,97 @@
+"""The schema and the key store on real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import text
+
+from agentplex.core import apikeys, environments
+from agentplex.core.auth import Authenticator
+from agentplex.db import migrate
+from agentplex.db.engine import Database
+from agentplex.settings import AuthSettings
+
+
+@pytest.fixture
+async def db(database_url: str):
+    database = Database(database_url)
+    await migrate.upgrade(database)
+    yield database
+    await database.dispose()
+
+
+async def test_migrations_reach_head_and_are_idempotent(db: Database) -> None:
+    assert await migrate.current_revision(db) == migrate.head_revision()
+    assert await migrate.is_current(db)
+    await migrate.upgrade(db)  # a second start changes nothing
+    assert await migrate.is_current(db)
+
+
+async def test_unmigrated_database_is_reported(database_url: str) -> None:
+    fresh = Database(database_url)
+    try:
+        assert not await migrate.is_current(fresh)
+    finally:
+        await fresh.dispose()
+
+
+async def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'wal.db'}")
+    try:
+        await migrate.upgrade(db)
+        async with db.read() as conn:
+            assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+            assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+    finally:
+        await db.dispose()
+
+
+async def test_concurrent_writers_do_not_fail(db: Database) -> None:
+    async with db.write() as conn:
+        env = await environments.ensure_default(conn)
+
+    async def create(n: int) -> None:
+        async with db.write() as conn:
+            await apikeys.create(conn, env.id, f"key-{n}")
+
+    await asyncio.gather(*(create(n) for n in range(20)))
+    async with db.read() as conn:
+        assert await apikeys.count_active(conn) == 20
+
+
+async def test_keys_are_stored_hashed_and_can_be_revoked(db: Database) -> None:
+    async with db.write() as conn:
+        env = await environments.ensure_default(conn)
+        key, plaintext = await apikeys.create(conn, env.id, "ci")
+    async with db.read() as conn:
+        stored = (await conn.execute(text("SELECT key_hash, prefix FROM api_keys"))).one()
+    assert plaintext not in stored.key_hash
+    assert stored.key_hash == apikeys.hash_key(plaintext)
+    assert plaintext.startswith(stored.prefix)
+
+    auth = Authenticator(db, AuthSettings(cache_seconds=0))
+    auth.set_default_env(env.id)
+    principal = await auth.authenticate(plaintext)
+    assert principal is not None and principal.key_id == key.id and principal.env_id == env.id
+    assert await auth.authenticate(plaintext + "x") is None
+    assert await auth.authenticate("") is None
+
+    await auth.flush_usage()
+    async with db.read() as conn:
+        [listed] = await apikeys.list_keys(conn)
+    assert listed.last_used_at is not None
+
+    async with db.write() as conn:
+        await apikeys.revoke(conn, key.prefix)
+    assert await auth.authenticate(plaintext) is None
+    async with db.read() as conn:
+        assert await apikeys.count_active(conn) == 0
+        assert len(await apikeys.list_keys(conn, include_revoked=True)) == 1
+
+
+async def test_revoking_an_unknown_key_says_so(db: Database) -> None:
+    async with db.write() as conn:
+        with pytest.raises(apikeys.ApiKeyNotFound, match="apx_nope"):
+            await apikeys.revoke(conn, "apx_nope")
