@@ -81,8 +81,8 @@ def test_success_envelopes() -> None:
 def test_route_templates_keep_metric_labels_bounded() -> None:
     from agentplex.api.common.gateway import route_template
 
-    def scope(path: str, **params: str) -> dict[str, object]:
-        return {"path": path, "path_params": params, "route": object()}
+    def scope(url_path: str, **params: str) -> dict[str, object]:
+        return {"path": url_path, "path_params": params, "route": object()}
 
     assert route_template(scope("/api/v1/logs")) == "/api/v1/logs"
     assert route_template(scope("/v1/runs/r-1/vars", run_id="r-1")) == "/v1/runs/{run_id}/vars"
