@@ -200,7 +200,21 @@ class Settings(BaseModel):
             for name, value in model:
                 if isinstance(value, SecretStr):
                     data[section][name] = "***REDACTED***" if value.get_secret_value() else None
+        if self.database.url is not None:
+            data["database"]["url"] = _without_password(self.database.url.get_secret_value())
+        for section, name in (("bus", "url"), ("rate_limit", "storage_url")):
+            data[section][name] = _without_password(data[section][name])
         return data
+
+
+def _without_password(url: str) -> str:
+    """A connection URL with its password replaced, so it can be shown."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***REDACTED***@{host}"
 
 
 _SUBSYSTEMS: dict[str, type[_Subsystem]] = {

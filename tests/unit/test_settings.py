@@ -54,10 +54,13 @@ def test_documented_environment_variables(monkeypatch: pytest.MonkeyPatch) -> No
 def test_redacted_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENTPLEX_API_KEY", "super-secret-key")
     monkeypatch.setenv("AGENTPLEX_DATABASE_URL", "postgresql+psycopg://u:hunter2@db/x")
-    text = str(load_settings().redacted())
+    monkeypatch.setenv("AGENTPLEX_BUS_URL", "redis://:redispass@cache:6379/0")
+    redacted = load_settings().redacted()
+    text = str(redacted)
     assert "super-secret-key" not in text
-    assert "hunter2" not in text
-    assert "***REDACTED***" in text
+    assert "hunter2" not in text and "redispass" not in text
+    assert redacted["auth"]["api_key"] == "***REDACTED***"
+    assert redacted["database"]["url"] == "postgresql+psycopg://u:***REDACTED***@db/x"
 
 
 def test_bad_config_file_is_reported(tmp_path: Path) -> None:
