@@ -1,19 +1,24 @@
-"""The ASGI application: every surface mounted on one FastAPI app behind the gateway."""
+"""The ASGI application: every surface mounted on one Starlette app behind the gateway."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from agentplex import __version__
 from agentplex.api import par, prx
-from agentplex.api.common import errors, health
+from agentplex.api.common import errors, health, openapi
 from agentplex.api.common.gateway import Gateway
 from agentplex.api.common.metrics import Metrics
 from agentplex.api.common.ratelimit import RateLimiter
+from agentplex.api.common.routing import Endpoint, RouteTable
 from agentplex.runtime import Runtime
 from agentplex.settings import Settings
 
@@ -25,6 +30,14 @@ Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`
 (create one with `agentplex auth token`). `/health*` and `/status` are public.
 """
 
+# (prefix, table, documented): where each surface's routes are mounted.
+_MOUNTS: list[tuple[str, RouteTable, bool]] = [
+    ("", health.routes, True),
+    ("/api/v1", prx.routes, True),
+    ("/api", prx.routes, False),  # PRX alias
+    ("", par.routes, True),
+]
+
 
 def create_app(settings: Settings) -> ASGIApp:
     """Build the application for ``settings``; state is created on lifespan start."""
@@ -33,36 +46,37 @@ def create_app(settings: Settings) -> ASGIApp:
     limiter = RateLimiter(settings.rate_limit)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
         try:
             yield
         finally:
             await runtime.stop()
 
-    api = FastAPI(
-        title="agentplex",
-        version=__version__,
-        description=_DESCRIPTION,
-        lifespan=lifespan,
-        docs_url="/docs",
-        redoc_url=None,
-        openapi_url="/openapi.json",
-    )
-    api.state.runtime = runtime
-    api.state.metrics = metrics
-    api.state.limiter = limiter
+    documented: list[tuple[str, Endpoint]] = []
+    routes: list[BaseRoute] = []
+    for prefix, table, listed in _MOUNTS:
+        routes.extend(table.routes(prefix))
+        if listed:
+            documented.extend((prefix, e) for e in table.endpoints)
+    spec: dict[str, Any] = openapi.build("agentplex", __version__, _DESCRIPTION, documented)
+
+    async def openapi_json(_request: Request) -> Response:
+        return JSONResponse(spec)
+
+    async def docs(_request: Request) -> Response:
+        return HTMLResponse(openapi.SWAGGER_HTML)
+
+    routes += [Route("/openapi.json", openapi_json), Route("/docs", docs)]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=errors.HANDLERS)
+    app.state.runtime = runtime
+    app.state.metrics = metrics
+    app.state.limiter = limiter
     metrics.gauge(
         "agentplex_log_entries", "Entries held in the log store.", lambda: len(runtime.logs)
     )
-    errors.install(api)
-    api.include_router(health.router)
-    api.include_router(prx.router, prefix="/api/v1")
-    api.include_router(prx.router, prefix="/api", include_in_schema=False)
-    api.include_router(par.router)
-
     return Gateway(
-        api,
+        app,
         authenticator=runtime.auth,
         limiter=limiter,
         metrics=metrics,

@@ -57,19 +57,18 @@ def test_query_filters_by_level_module_session_and_limit() -> None:
     logging.getLogger("other.module").propagate = False
     logging.getLogger("other.module").error("boom")
 
-    entries, total = store.query(LogQuery())
+    entries = store.query(LogQuery())
     assert [e["message"] for e in entries] == ["hello", "careful", "boom"]
-    assert total == 3
-    warn, _ = store.query(LogQuery(min_level=logging.WARNING))
+    warn = store.query(LogQuery(min_level=logging.WARNING))
     assert [e["level"] for e in warn] == ["warn", "error"]
-    mine, _ = store.query(LogQuery(module="test.logs", min_level=logging.DEBUG))
+    mine = store.query(LogQuery(module="test.logs", min_level=logging.DEBUG))
     assert len(mine) == 3
-    s1, _ = store.query(LogQuery(session_id="s1"))
+    s1 = store.query(LogQuery(session_id="s1"))
     assert [e["message"] for e in s1] == ["hello"]
     assert s1[0]["session_id"] == "s1"
-    newest, total = store.query(LogQuery(limit=1))
-    assert [e["message"] for e in newest] == ["boom"] and total == 3
-    careful = store.query(LogQuery(session_id="s2"))[0][0]
+    newest = store.query(LogQuery(limit=1))
+    assert [e["message"] for e in newest] == ["boom"]
+    careful = store.query(LogQuery(session_id="s2"))[0]
     assert careful["fields"] == {"tool": "shell"}
 
 
@@ -78,8 +77,8 @@ def test_store_is_bounded() -> None:
     log = _logger(store)
     for n in range(25):
         log.info("n=%d", n)
-    entries, total = store.query(LogQuery(limit=100))
-    assert total == 10
+    entries = store.query(LogQuery(limit=100))
+    assert len(entries) == 10
     assert entries[0]["message"] == "n=15"
 
 

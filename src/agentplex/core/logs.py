@@ -61,6 +61,7 @@ class LogQuery:
     module: str | None = None
     since: datetime | None = None
     session_id: str | None = None
+    agent_id: str | None = None
     limit: int = 100
 
     def matches(self, entry: dict[str, Any]) -> bool:
@@ -69,6 +70,8 @@ class LogQuery:
         if self.module and not _module_matches(entry["module"], self.module):
             return False
         if self.session_id and entry.get("session_id") != self.session_id:
+            return False
+        if self.agent_id and entry.get("agent_id") != self.agent_id:
             return False
         return not (self.since and entry["time"] < self.since)
 
@@ -110,12 +113,18 @@ class LogStore:
         with self._lock:
             return self._ring.after(cursor, len(self._ring))
 
-    def query(self, query: LogQuery) -> tuple[list[dict[str, Any]], int]:
-        """The newest ``limit`` matching entries (oldest first) and how many matched."""
-        matched = [item for item in self._after(0) if query.matches(item.data)]
-        return [public_entry(i) for i in matched[-query.limit :]] if query.limit else [], len(
-            matched
-        )
+    def query(self, query: LogQuery) -> list[dict[str, Any]]:
+        """The newest ``limit`` matching entries, oldest first."""
+        found: list[StreamItem] = []
+        with self._lock:  # held briefly: the scan stops at `limit` or at `since`
+            for item in self._ring.newest_first():
+                if len(found) >= query.limit:
+                    break
+                if query.since and item.data["time"] < query.since:
+                    break  # everything further back is older still
+                if query.matches(item.data):
+                    found.append(item)
+        return [public_entry(item) for item in reversed(found)]
 
     async def follow(self, query: LogQuery, after: int = 0) -> AsyncIterator[StreamItem]:
         """Matching entries after the cursor, then live ones as they are logged."""
@@ -243,6 +252,7 @@ def build_query(
     module: str | None = None,
     since: str | None = None,
     session_id: str | None = None,
+    agent_id: str | None = None,
     limit: int = 100,
     default_since: str | None = None,
 ) -> LogQuery:
@@ -262,5 +272,6 @@ def build_query(
         module=module or None,
         since=since_time,
         session_id=session_id or None,
+        agent_id=agent_id or None,
         limit=limit,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -63,6 +63,9 @@ class Ring:
         # ids are contiguous within the ring, so the position is arithmetic.
         start = max(0, cursor - items[0].id + 1)
         return [items[i] for i in range(start, min(len(items), start + limit))]
+
+    def newest_first(self) -> Iterator[StreamItem]:
+        return reversed(self._items)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -6,9 +6,9 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import APIRouter
 from pydantic import BaseModel
 
+from agentplex.api.common.routing import Call, RouteTable
 from tests.conftest import SettingsFactory, open_client
 
 
@@ -20,14 +20,14 @@ class _Item(BaseModel):
 def _add_echo_routes(client: httpx.AsyncClient) -> None:
     """JSON-body routes on each surface, to exercise the shared body handling."""
     api = client.app.app  # type: ignore[attr-defined]
-    router = APIRouter()
+    table = RouteTable()
 
-    async def echo(item: _Item) -> dict[str, Any]:
-        return item.model_dump()
+    async def echo(call: Call) -> dict[str, Any]:
+        return call.body.model_dump()
 
     for path in ("/v1/echo", "/api/v1/echo", "/agents/echo", "/session/echo", "/v1/sandboxes/echo"):
-        router.add_api_route(path, echo, methods=["POST"])
-    api.include_router(router)
+        table.post(path, summary="echo", body=_Item)(echo)
+    api.router.routes[:0] = table.routes()
 
 
 BAD_REQUEST = {
@@ -61,7 +61,8 @@ async def test_unknown_route_and_wrong_method(client: httpx.AsyncClient) -> None
     assert missing.json()["error"]["code"] == "not_found"
     wrong = await client.delete("/health")
     assert wrong.status_code == 405
-    assert "allowed: GET" in wrong.json()["error"]["message"]
+    assert "GET" in wrong.json()["error"]["message"]
+    assert "GET" in wrong.headers["allow"]
 
 
 async def test_body_over_the_limit_is_413(make_settings: SettingsFactory) -> None:

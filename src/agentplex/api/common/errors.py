@@ -7,10 +7,10 @@ import json
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ExceptionHandler
 
 from agentplex.api.common.envelopes import error_body
 from agentplex.api.common.surface import surface_for
@@ -96,21 +96,6 @@ async def _on_domain_error(request: Request, exc: Exception) -> Response:
     return domain_error_response(request.url.path, exc, request_id_of(request))
 
 
-async def _on_validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    problems = [_describe(error) for error in exc.errors()]
-    malformed = any(e.get("type") == "json_invalid" for e in exc.errors())
-    message = "Malformed JSON body" if malformed else "Invalid request: " + "; ".join(problems)
-    return error_response(
-        request.url.path, 400, "bad_request", message, request_id_of(request), details=problems
-    )
-
-
-def _describe(error: Any) -> str:
-    where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
-    return f"{where}: {error.get('msg', 'invalid')}"
-
-
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = _STATUS_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "")
@@ -143,9 +128,8 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     )
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers on ``app``."""
-    app.add_exception_handler(AgentplexError, _on_domain_error)
-    app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_exception_handler(Exception, _on_unexpected)
+HANDLERS: dict[Any, ExceptionHandler] = {
+    AgentplexError: _on_domain_error,
+    StarletteHTTPException: _on_http_error,
+    Exception: _on_unexpected,
+}

@@ -3,9 +3,9 @@ limit and metrics, done in a single pass so the hot path stays short."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -208,4 +208,4 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
             if _REQUEST_ID.match(candidate):
                 return candidate
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()

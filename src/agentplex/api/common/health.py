@@ -10,20 +10,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 
-from agentplex.api.common.deps import RequestIdDep, RuntimeDep
 from agentplex.api.common.envelopes import par_ok
 from agentplex.api.common.metrics import cpu_percent, format_uptime, rss_bytes
+from agentplex.api.common.routing import Call, RouteTable
 from agentplex.core.clock import iso, utcnow
 from agentplex.db import migrate
 from agentplex.runtime import Runtime
 
-router = APIRouter(tags=["health"])
+routes = RouteTable(tags=["health"])
 
 _CHECK_TIMEOUT = 2.0
-_HEAD = migrate.head_revision()
+_LIVE = b'{"status":"alive","success":true}'
 
 
 async def _check_database(runtime: Runtime) -> str | None:
@@ -33,7 +32,7 @@ async def _check_database(runtime: Runtime) -> str | None:
     except Exception as exc:
         return f"database unreachable: {type(exc).__name__}: {exc}"[:300]
     if not current:
-        return f"database not migrated to revision {_HEAD}"
+        return f"database not migrated to revision {migrate.head_revision()}"
     return None
 
 
@@ -45,8 +44,9 @@ async def _check_bus(runtime: Runtime) -> str | None:
     return None
 
 
-@router.get("/health", summary="Health check (HotPlex and PAR shapes)")
-async def health(runtime: RuntimeDep, request_id: RequestIdDep) -> JSONResponse:
+@routes.get("/health", summary="Health check (HotPlex and PAR shapes)", public=True)
+async def health(call: Call) -> Response:
+    runtime = call.runtime
     problems = {"database": await _check_database(runtime), "bus": await _check_bus(runtime)}
     healthy = runtime.ready and not any(problems.values())
     status = "healthy" if healthy else "unhealthy"
@@ -67,20 +67,23 @@ async def health(runtime: RuntimeDep, request_id: RequestIdDep) -> JSONResponse:
                 "uptime": uptime,
                 "timestamp": now,
             },
-            request_id,
+            call.request_id,
         ),
     }
     body["success"] = healthy
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
-@router.get("/health/live", summary="Liveness probe: the process is serving")
-async def live() -> dict[str, Any]:
-    return {"status": "alive", "success": True}
+@routes.get("/health/live", summary="Liveness probe: the process is serving", public=True)
+async def live(call: Call) -> Response:
+    return Response(_LIVE, media_type="application/json")
 
 
-@router.get("/health/ready", summary="Readiness probe: database reachable and migrated")
-async def ready(runtime: RuntimeDep) -> JSONResponse:
+@routes.get(
+    "/health/ready", summary="Readiness probe: database reachable and migrated", public=True
+)
+async def ready(call: Call) -> Response:
+    runtime = call.runtime
     reason = None if runtime.ready else "server is starting"
     reason = reason or await _check_database(runtime) or await _check_bus(runtime)
     if reason:
@@ -88,8 +91,9 @@ async def ready(runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse({"status": "ready", "ready": True})
 
 
-@router.get("/status", summary="Server status (Hot and PAR shapes)")
-async def status(runtime: RuntimeDep, request: Request, request_id: RequestIdDep) -> dict[str, Any]:
+@routes.get("/status", summary="Server status (Hot and PAR shapes)", public=True)
+async def status(call: Call) -> dict[str, Any]:
+    runtime = call.runtime
     server = runtime.settings.server
     uptime = format_uptime(runtime.uptime_seconds)
     return {
@@ -108,21 +112,23 @@ async def status(runtime: RuntimeDep, request: Request, request_id: RequestIdDep
                     "memory_usage": f"{rss_bytes() // (1024 * 1024)}MB",
                     "cpu_usage": f"{cpu_percent():.0f}%",
                 },
-                "server": {"host": server.host, "port": request.url.port or server.port},
+                "server": {"host": server.host, "port": call.request.url.port or server.port},
             },
-            request_id,
+            call.request_id,
         ),
     }
 
 
-@router.get(
+@routes.get(
     "/metrics",
     summary="Prometheus metrics (PAR JSON with Accept: application/json)",
-    response_class=Response,
+    media_type="text/plain",
 )
-async def metrics(request: Request, runtime: RuntimeDep, request_id: RequestIdDep) -> Response:
-    registry = request.app.state.metrics
-    accept = request.headers.get("accept", "")
+async def metrics(call: Call) -> Response:
+    registry = call.request.app.state.metrics
+    accept = call.request.headers.get("accept", "")
     if "application/json" in accept and "text/plain" not in accept:
-        return JSONResponse(par_ok(registry.par_json(runtime.started_monotonic), request_id))
+        return JSONResponse(
+            par_ok(registry.par_json(call.runtime.started_monotonic), call.request_id)
+        )
     return Response(registry.render(), media_type=registry.content_type)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-
+from agentplex.api.common.routing import RouteTable
 from agentplex.api.par import logs
 
-router = APIRouter()
-router.include_router(logs.router)
+routes = RouteTable(tags=["par"])
+routes.include(logs.routes)

@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
 
-from agentplex.api.common.deps import RequestIdDep, RuntimeDep
 from agentplex.api.common.envelopes import par_ok
+from agentplex.api.common.routing import Call, RouteTable
 from agentplex.core.logs import build_query
 
-router = APIRouter(tags=["par"])
+routes = RouteTable(tags=["par"])
 
 
-@router.get("/logs", summary="Recent log entries (PAR envelope)")
-async def logs(
-    runtime: RuntimeDep,
-    request_id: RequestIdDep,
-    level: Annotated[str, Query(description="Minimum level: DEBUG, INFO, WARN, ERROR")] = "INFO",
-    limit: Annotated[int, Query(ge=0, le=10000)] = 100,
-    agent_id: Annotated[str | None, Query(description="Only entries of this agent")] = None,
-) -> dict[str, Any]:
-    query = build_query(level=level, limit=limit)
-    entries, _total = runtime.logs.query(query)
-    if agent_id:
-        entries = [e for e in entries if e.get("agent_id") == agent_id]
+class ParLogsQuery(BaseModel):
+    level: str = Field("INFO", description="Minimum level: DEBUG, INFO, WARN, ERROR")
+    limit: int = Field(100, ge=0, le=10000, description="Maximum entries to return")
+    agent_id: str | None = Field(None, description="Only entries of this agent")
+
+
+@routes.get("/logs", summary="Recent log entries (PAR envelope)", query=ParLogsQuery)
+async def logs(call: Call) -> dict[str, Any]:
+    q: ParLogsQuery = call.query
+    query = build_query(level=q.level, limit=q.limit, agent_id=q.agent_id)
+    entries = call.runtime.logs.query(query)
     for entry in entries:
         entry["level"] = entry["level"].upper()
-    return par_ok({"logs": entries, "total": len(entries), "level": level.upper()}, request_id)
+    return par_ok(
+        {"logs": entries, "total": len(entries), "level": q.level.upper()}, call.request_id
+    )

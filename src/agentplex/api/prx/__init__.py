@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-
+from agentplex.api.common.routing import RouteTable
 from agentplex.api.prx import logs, status
 
-router = APIRouter()
-router.include_router(status.router)
-router.include_router(logs.router)
+routes = RouteTable(tags=["prx"])
+routes.include(status.routes)
+routes.include(logs.routes)

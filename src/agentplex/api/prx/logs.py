@@ -3,62 +3,63 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from starlette.requests import Request
+from starlette.responses import Response
 
-from agentplex.api.common.deps import RuntimeDep
+from agentplex.api.common.routing import Call, RouteTable
 from agentplex.api.common.sse import Event, resume_cursor, sse_response
 from agentplex.core.logs import LogQuery, build_query, public_entry
 from agentplex.runtime import Runtime
 
-router = APIRouter(tags=["prx"])
-
-Level = Annotated[str, Query(description="Minimum level: trace, debug, info, warn, error")]
-Module = Annotated[str | None, Query(description="Module name, e.g. agent or channel::telegram")]
-Since = Annotated[
-    str | None, Query(description="ISO 8601 time or a duration back from now (1h, 30m)")
-]
-Limit = Annotated[int, Query(ge=0, le=10000, description="Maximum entries to return")]
-SessionId = Annotated[str | None, Query(description="Only entries of this session")]
+routes = RouteTable(tags=["prx"])
 
 
-@router.get("/logs", summary="Query recent log entries, or stream them with stream=true")
-async def logs(
-    runtime: RuntimeDep,
-    request: Request,
-    level: Level = "info",
-    module: Module = None,
-    since: Since = None,
-    limit: Limit = 100,
-    session_id: SessionId = None,
-    stream: Annotated[bool, Query(description="Return a server-sent event stream")] = False,
-) -> Any:
-    query = build_query(
-        level=level,
-        module=module,
-        since=since,
-        session_id=session_id,
-        limit=limit,
-        default_since=None if stream else "1h",
+class StreamQuery(BaseModel):
+    level: str = Field("info", description="Minimum level: trace, debug, info, warn, error")
+    module: str | None = Field(None, description="Module, e.g. agent or channel::telegram")
+    session_id: str | None = Field(None, description="Only entries of this session")
+
+
+class LogsQuery(StreamQuery):
+    since: str | None = Field(
+        None, description="ISO 8601 time or a duration back from now (1h, 30m); default 1h"
     )
-    if stream:
-        return _stream(runtime, request, query)
-    entries, total = runtime.logs.query(query)
-    return {"entries": entries, "total": total}
+    limit: int = Field(100, ge=0, le=10000, description="Maximum entries to return")
+    stream: bool = Field(False, description="Return a server-sent event stream instead")
 
 
-@router.get("/logs/stream", summary="Follow log entries as server-sent events")
-async def logs_stream(
-    runtime: RuntimeDep,
-    request: Request,
-    level: Level = "info",
-    module: Module = None,
-    session_id: SessionId = None,
-) -> Response:
-    query = build_query(level=level, module=module, session_id=session_id)
-    return _stream(runtime, request, query)
+@routes.get(
+    "/logs", summary="Query recent log entries, or stream them with stream=true", query=LogsQuery
+)
+async def logs(call: Call) -> Any:
+    q: LogsQuery = call.query
+    query = build_query(
+        level=q.level,
+        module=q.module,
+        since=q.since,
+        session_id=q.session_id,
+        limit=q.limit,
+        default_since=None if q.stream else "1h",
+    )
+    if q.stream:
+        return _stream(call.runtime, call.request, query)
+    entries = call.runtime.logs.query(query)
+    return {"entries": entries, "total": len(entries)}
+
+
+@routes.get(
+    "/logs/stream",
+    summary="Follow log entries as server-sent events (resume with Last-Event-ID)",
+    query=StreamQuery,
+    media_type="text/event-stream",
+)
+async def logs_stream(call: Call) -> Response:
+    q: StreamQuery = call.query
+    query = build_query(level=q.level, module=q.module, session_id=q.session_id)
+    return _stream(call.runtime, call.request, query)
 
 
 def _stream(runtime: Runtime, request: Request, query: LogQuery) -> Response:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from agentplex.api.common.routing import Call, RouteTable
 
-from agentplex.api.common.deps import RuntimeDep
-
-router = APIRouter(tags=["prx"])
+routes = RouteTable(tags=["prx"])
 
 
-@router.get("/status", summary="Overall system status")
-async def status(runtime: RuntimeDep) -> dict[str, Any]:
+@routes.get("/status", summary="Overall system status")
+async def status(call: Call) -> dict[str, Any]:
+    runtime = call.runtime
     return {
         "status": "healthy" if runtime.ready else "starting",
         "version": runtime.version,
@@ -25,6 +24,6 @@ async def status(runtime: RuntimeDep) -> dict[str, Any]:
     }
 
 
-@router.get("/status/health", summary="Lightweight health check")
-async def status_health(runtime: RuntimeDep) -> dict[str, Any]:
-    return {"healthy": runtime.ready}
+@routes.get("/status/health", summary="Lightweight health check")
+async def status_health(call: Call) -> dict[str, Any]:
+    return {"healthy": call.runtime.ready}
