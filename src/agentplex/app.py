@@ -18,7 +18,7 @@ from agentplex.api.common import errors, health, openapi
 from agentplex.api.common.gateway import Gateway
 from agentplex.api.common.metrics import Metrics
 from agentplex.api.common.ratelimit import RateLimiter
-from agentplex.api.common.routing import Endpoint, RouteTable
+from agentplex.api.common.routing import Endpoint, RouteTable, SegmentRouter
 from agentplex.runtime import Runtime
 from agentplex.settings import Settings
 
@@ -68,7 +68,8 @@ def create_app(settings: Settings) -> ASGIApp:
         return HTMLResponse(openapi.SWAGGER_HTML)
 
     routes += [Route("/openapi.json", openapi_json), Route("/docs", docs)]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=errors.HANDLERS)
+    app = Starlette(lifespan=lifespan, exception_handlers=errors.HANDLERS)
+    app.router = SegmentRouter(routes, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.metrics = metrics
     app.state.limiter = limiter

@@ -53,7 +53,7 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LogQuery:
     """Which entries to return."""
 
@@ -63,17 +63,26 @@ class LogQuery:
     session_id: str | None = None
     agent_id: str | None = None
     limit: int = 100
+    since_ts: float = 0.0
+
+    only_level: bool = False
+
+    def __post_init__(self) -> None:
+        self.since_ts = self.since.timestamp() if self.since is not None else 0.0
+        self.only_level = not (self.module or self.session_id or self.agent_id)
 
     def matches(self, entry: dict[str, Any]) -> bool:
         if entry["levelno"] < self.min_level:
             return False
+        if self.only_level:
+            return self.since is None or entry["ts"] >= self.since_ts
         if self.module and not _module_matches(entry["module"], self.module):
             return False
         if self.session_id and entry.get("session_id") != self.session_id:
             return False
         if self.agent_id and entry.get("agent_id") != self.agent_id:
             return False
-        return not (self.since and entry["time"] < self.since)
+        return self.since is None or entry["ts"] >= self.since_ts
 
 
 def _module_matches(module: str, wanted: str) -> bool:
@@ -98,6 +107,8 @@ class LogStore:
     def add(self, entry: dict[str, Any]) -> StreamItem:
         with self._lock:
             item = self._ring.append(_STREAM_ID, entry)
+            # Rendered once here rather than on every query of it.
+            entry["public"] = _render(item.id, entry)
             waiters = tuple(self._waiters)
         for loop, event in waiters:
             try:
@@ -120,7 +131,7 @@ class LogStore:
             for item in self._ring.newest_first():
                 if len(found) >= query.limit:
                     break
-                if query.since and item.data["time"] < query.since:
+                if query.since is not None and item.data["ts"] < query.since_ts:
                     break  # everything further back is older still
                 if query.matches(item.data):
                     found.append(item)
@@ -145,10 +156,14 @@ class LogStore:
 
 
 def public_entry(item: StreamItem) -> dict[str, Any]:
-    """An entry as the APIs show it."""
-    data = item.data
+    """An entry as the APIs show it (shared: copy it before changing it)."""
+    public: dict[str, Any] = item.data["public"]
+    return public
+
+
+def _render(item_id: int, data: dict[str, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {
-        "id": item.id,
+        "id": item_id,
         "timestamp": iso(data["time"]),
         "level": data["level"],
         "module": data["module"],
@@ -173,6 +188,7 @@ def _entry(record: logging.LogRecord) -> dict[str, Any]:
         message += "\n" + logging.Formatter().formatException(record.exc_info)
     return {
         "time": datetime.fromtimestamp(record.created, UTC),
+        "ts": record.created,
         "levelno": record.levelno,
         "level": _LEVEL_NAMES.get(record.levelno, record.levelname.lower()),
         "module": record.name,

@@ -27,7 +27,7 @@ def _add_echo_routes(client: httpx.AsyncClient) -> None:
 
     for path in ("/v1/echo", "/api/v1/echo", "/agents/echo", "/session/echo", "/v1/sandboxes/echo"):
         table.post(path, summary="echo", body=_Item)(echo)
-    api.router.routes[:0] = table.routes()
+    api.router.add_routes(table.routes())
 
 
 BAD_REQUEST = {

@@ -15,7 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, Router, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from agentplex.core.auth import Principal
@@ -200,3 +201,48 @@ def _dispatch(
         return await apps[request.method](request)
 
     return dispatch
+
+
+class SegmentRouter(Router):
+    """A router that only tries the routes sharing the request's first path segment.
+
+    Starlette tries every route in turn; with five surfaces' worth of routes that linear scan
+    would dominate small requests. Routes are bucketed by their first literal segment (a route
+    starting with a parameter lands in every bucket), and each bucket is a plain Router, so
+    404/405 behave exactly as Starlette's.
+    """
+
+    def __init__(self, routes: list[BaseRoute], **kwargs: Any) -> None:
+        super().__init__(routes=routes, redirect_slashes=False, **kwargs)
+        self._index()
+
+    def add_routes(self, routes: list[BaseRoute]) -> None:
+        """Add routes ahead of the existing ones."""
+        self.routes[:0] = routes
+        self._index()
+
+    def _index(self) -> None:
+        buckets: dict[str, list[BaseRoute]] = {}
+        wildcard: list[BaseRoute] = []
+        for route in self.routes:
+            first = getattr(route, "path", "/").split("/", 2)[1]
+            if first.startswith("{") or not first:
+                wildcard.append(route)
+                for bucket in buckets.values():
+                    bucket.append(route)
+            else:
+                buckets.setdefault(first, list(wildcard)).append(route)
+        self._buckets = {
+            name: Router(routes=bucket, redirect_slashes=False) for name, bucket in buckets.items()
+        }
+        self._rest = Router(routes=wildcard, redirect_slashes=False)
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await super().app(scope, receive, send)
+            return
+        scope.setdefault("router", self)
+        path: str = scope["path"]
+        end = path.find("/", 1)
+        first = path[1:] if end < 0 else path[1:end]
+        await self._buckets.get(first, self._rest).app(scope, receive, send)
