@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,14 @@ def serve(
         proxy_headers=False,
         ws_max_size=settings.server.max_body_bytes,
     )
+    # uvicorn re-raises the signal it caught once it has shut down; make that a clean exit.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
     uvicorn.Server(config).run()
+
+
+def _exit_cleanly(_signum: int, _frame: object) -> None:
+    sys.exit(0)
 
 
 def _is_loopback(host: str) -> bool:

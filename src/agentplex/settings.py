@@ -102,7 +102,7 @@ class AuthSettings(_Subsystem):
 
     api_key: SecretStr | None = Field(
         None,
-        validation_alias=AliasChoices("api_key", "AGENTPLEX_API_KEY", "HOTPLEX_API_KEY"),
+        validation_alias=AliasChoices("AGENTPLEX_API_KEY", "HOTPLEX_API_KEY"),
         description="A key accepted in addition to stored keys (AGENTPLEX_API_KEY or "
         "HOTPLEX_API_KEY). It belongs to the default environment.",
     )
@@ -175,6 +175,35 @@ class LogSettings(_Subsystem):
     access_log: bool = Field(False, description="Log every HTTP request.")
 
 
+class SandboxSettings(_Subsystem):
+    """Sandboxes: isolation, warm pool and lifetimes."""
+
+    table: ClassVar[str] = "sandbox"
+    model_config = SettingsConfigDict(env_prefix="AGENTPLEX_SANDBOX_", extra="ignore")
+
+    enabled: bool = Field(True, description="Offer sandboxes at all.")
+    allow_unisolated: bool = Field(
+        False,
+        description="Run sandboxes without bubblewrap isolation when it is unavailable. "
+        "Unsafe: sandboxed code then runs as the server's user.",
+    )
+    pool_size: int = Field(
+        2, ge=0, description="Sandboxes kept started ahead of demand (0 disables the pool)."
+    )
+    default_timeout_seconds: int = Field(
+        3600, ge=0, description="Lifetime of a sandbox created without timeout_seconds (0: none)."
+    )
+    max_timeout_seconds: int = Field(
+        7 * 24 * 3600, ge=1, description="Longest timeout_seconds a client may ask for."
+    )
+    token_ttl_seconds: int = Field(
+        24 * 3600, ge=60, description="How long a sandbox's data-plane auth_token is valid."
+    )
+    sweep_seconds: float = Field(
+        1.0, gt=0, description="How often expired sandboxes are looked for."
+    )
+
+
 class Settings(BaseModel):
     """The whole configuration."""
 
@@ -185,6 +214,7 @@ class Settings(BaseModel):
     bus: BusSettings
     streams: StreamSettings
     log: LogSettings
+    sandbox: SandboxSettings
 
     @property
     def database_url(self) -> str:
@@ -225,6 +255,7 @@ _SUBSYSTEMS: dict[str, type[_Subsystem]] = {
     "bus": BusSettings,
     "streams": StreamSettings,
     "log": LogSettings,
+    "sandbox": SandboxSettings,
 }
 
 

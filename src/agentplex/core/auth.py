@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,9 +28,10 @@ class Principal:
     """An authenticated caller."""
 
     env_id: str
-    kind: Literal["api_key", "env_key", "jwt", "anonymous"]
+    kind: Literal["api_key", "env_key", "jwt", "anonymous", "sandbox"]
     key_id: str | None
     subject: str  # what rate limits count against
+    sandbox_id: str | None = None  # set for a sandbox's data-plane token
 
 
 class Authenticator:
@@ -45,7 +48,13 @@ class Authenticator:
         self._keys_exist = False
         self._keys_checked_at = float("-inf")
         self._used: set[str] = set()
+        self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
+        self._token_verifiers: list[Callable[[str], Awaitable[Principal | None]]] = []
         self.anonymous = Principal("", "anonymous", None, "anonymous")
+
+    def add_token_verifier(self, verify: Callable[[str], Awaitable[Principal | None]]) -> None:
+        """Accept another kind of bearer token (e.g. sandbox data-plane tokens)."""
+        self._token_verifiers.append(verify)
 
     def set_default_env(self, env_id: str) -> None:
         """The environment of env-var keys, JWTs without an ``env_id`` and anonymous calls."""
@@ -63,9 +72,9 @@ class Authenticator:
             return True
         now = time.monotonic()
         if now - self._keys_checked_at > max(self._settings.cache_seconds, 0.5):
+            self._keys_checked_at = now  # one refresh at a time; others use the last answer
             async with self._db.read() as conn:
                 self._keys_exist = await apikeys.count_active(conn) > 0
-            self._keys_checked_at = now
         return self._keys_exist
 
     async def authenticate(self, credential: str) -> Principal | None:
@@ -80,7 +89,7 @@ class Authenticator:
         if cached is not None and cached[1] > now:
             principal = cached[0]
         else:
-            principal = await self._verify(credential, digest)
+            principal = await self._verify_once(credential, digest)
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[digest] = (principal, now + self._settings.cache_seconds)
@@ -88,9 +97,25 @@ class Authenticator:
             self._used.add(principal.key_id)
         return principal
 
+    async def _verify_once(self, credential: str, digest: str) -> Principal | None:
+        """Concurrent requests with the same credential share one verification."""
+        pending = self._inflight.get(digest)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        task = asyncio.ensure_future(self._verify(credential, digest))
+        self._inflight[digest] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            self._inflight.pop(digest, None)
+
     async def _verify(self, credential: str, digest: str) -> Principal | None:
         if self._jwt_key is not None and credential.count(".") == 2:
             return self._verify_jwt(credential)
+        for verify in self._token_verifiers:
+            principal = await verify(credential)
+            if principal is not None:
+                return principal
         async with self._db.read() as conn:
             found = await apikeys.lookup(conn, digest)
         if found is None:

@@ -7,6 +7,7 @@ through their loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -38,12 +39,20 @@ def parse_level(value: str) -> int:
         ) from None
 
 
+@functools.lru_cache(maxsize=64)
+def _duration_seconds(value: str) -> int | None:
+    match = _DURATION.match(value)
+    if not match:
+        return None
+    return int(timedelta(**{_UNITS[match.group(2)]: int(match.group(1))}).total_seconds())
+
+
 def parse_since(value: str, now: datetime | None = None) -> datetime:
     """An ISO 8601 time or a duration back from now (``90s``, ``30m``, ``1h``, ``2d``)."""
     now = now or utcnow()
-    match = _DURATION.match(value)
-    if match:
-        return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    seconds = _duration_seconds(value)
+    if seconds is not None:
+        return now - timedelta(seconds=seconds)
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:

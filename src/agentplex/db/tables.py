@@ -63,3 +63,25 @@ stream_items = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_stream_items_stream_id_id", "stream_id", "id"),
 )
+
+sandboxes = Table(
+    "sandboxes",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("env_id", String(36), ForeignKey("environments.id", ondelete="CASCADE"), nullable=False),
+    Column("template_id", String(100), nullable=False),
+    Column("template_name", String(100), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("status_reason", String(500), nullable=True),
+    Column("isolation", String(16), nullable=False),
+    Column("internet_access", Boolean, nullable=False),
+    Column("timeout_seconds", Integer, nullable=True),
+    Column("resources", JSON, nullable=False),
+    Column("env_vars", JSON, nullable=False),
+    Column("token_hash", String(64), nullable=True, unique=True),
+    Column("token_expires_at", DateTime(timezone=True), nullable=True),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_sandboxes_env_id_created_at", "env_id", "created_at"),
+)

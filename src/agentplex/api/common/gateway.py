@@ -3,6 +3,7 @@ limit and metrics, done in a single pass so the hot path stays short."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
@@ -14,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agentplex.api.common.errors import domain_error_response, error_response
 from agentplex.api.common.metrics import Metrics
 from agentplex.api.common.ratelimit import RateLimiter, group_for
+from agentplex.api.common.surface import is_data_plane
 from agentplex.core.auth import Authenticator, Principal
 from agentplex.errors import RateLimited, Unauthorized
 
@@ -121,7 +123,7 @@ class Gateway:
             scope["state"]["principal"] = self.auth.anonymous
             return None
         principal = await self._principal(scope, headers)
-        if principal is None:
+        if principal is None or (principal.sandbox_id is not None and not is_data_plane(path)):
             return domain_error_response(path, Unauthorized(), request_id)
         scope["state"]["principal"] = principal
         if self.limiter.enabled:
@@ -168,7 +170,9 @@ class Gateway:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope.setdefault("state", {})["request_id"] = _request_id(scope["headers"])
         principal = await self._principal(scope, scope["headers"])
-        if principal is None:
+        if principal is None or (
+            principal.sandbox_id is not None and not is_data_plane(scope["path"])
+        ):
             # Refusing the handshake: the client sees HTTP 403.
             await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized"})
             return
@@ -201,6 +205,11 @@ def route_template(scope: Scope) -> str:
     return "/".join(segments)
 
 
+# A random per-process prefix and a counter: unique without a syscall per request.
+_REQUEST_ID_PREFIX = os.urandom(8).hex() + "-"
+_request_counter = itertools.count(1)
+
+
 def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
     for name, value in headers:
         if name == b"x-request-id":
@@ -208,4 +217,4 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
             if _REQUEST_ID.match(candidate):
                 return candidate
             break
-    return os.urandom(16).hex()
+    return _REQUEST_ID_PREFIX + format(next(_request_counter), "x")

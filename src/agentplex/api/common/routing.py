@@ -7,6 +7,7 @@ server's throughput target (>= 0.6 of bare Starlette) leaves no room for that.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -104,13 +105,17 @@ async def read_json(request: Request) -> Any:
 
 def _endpoint_app(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     query_model, body_model, status = endpoint.query, endpoint.body, endpoint.status
+    # Most calls send no query string; validate the defaults once.
+    empty_query: Any = None
+    if query_model is not None:
+        with contextlib.suppress(BadRequest):  # a model with required fields has no default
+            empty_query = _validate(query_model, {}, "query parameters")
 
     async def app(request: Request) -> Response:
-        query = (
-            _validate(query_model, dict(request.query_params), "query parameters")
-            if query_model is not None
-            else None
-        )
+        if query_model is None or (empty_query is not None and not request.scope["query_string"]):
+            query = empty_query
+        else:
+            query = _validate(query_model, dict(request.query_params), "query parameters")
         body = (
             _validate(body_model, await read_json(request), "request body")
             if body_model is not None

@@ -3,11 +3,13 @@ keep-alive comments, ending cleanly when the client goes away or the server stop
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 
@@ -40,21 +42,36 @@ def resume_cursor(request: Request, param: str = "after") -> int:
 
 
 def sse_response(events: AsyncIterator[Event], *, keepalive: float) -> EventSourceResponse:
-    """Stream ``events`` as ``text/event-stream``."""
+    """Stream ``events`` as ``text/event-stream``. On server shutdown the stream ends cleanly,
+    so the client sees a complete response and reconnects with its Last-Event-ID."""
+    shutdown = anyio.Event()
 
     async def frames() -> AsyncIterator[ServerSentEvent]:
-        async for event in events:
-            data = (
-                event.data if isinstance(event.data, str) else json.dumps(event.data, default=str)
-            )
-            yield ServerSentEvent(
-                data=data,
-                id=None if event.id is None else str(event.id),
-                event=event.event,
-            )
+        iterator = aiter(events)
+        stop = asyncio.ensure_future(shutdown.wait())
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(iterator))
+                await asyncio.wait({following, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    following.cancel()
+                    return
+                try:
+                    event = following.result()
+                except StopAsyncIteration:
+                    return
+                yield ServerSentEvent(
+                    data=event.data if isinstance(event.data, str) else json.dumps(event.data),
+                    id=None if event.id is None else str(event.id),
+                    event=event.event,
+                )
+        finally:
+            stop.cancel()
 
     return EventSourceResponse(
         frames(),
         ping=keepalive,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        shutdown_event=shutdown,
+        shutdown_grace_period=1.0,
     )

@@ -25,7 +25,8 @@ _BY_FIRST_SEGMENT = {
     "global": Surface.OPENCODE,
     "config": Surface.OPENCODE,
     "ws": Surface.OPENCODE,
-    # the Hopx data plane lives at the root of a sandbox's public host
+    # the Hopx data plane: /sandboxes/{id}/... and, for WebSockets, the root of the host
+    "sandboxes": Surface.HOPX,
     "execute": Surface.HOPX,
     "commands": Surface.HOPX,
     "files": Surface.HOPX,
@@ -45,3 +46,15 @@ def surface_for(path: str) -> Surface:
     if first == "metrics" and len(parts) > 2 and parts[2] == "snapshot":
         return Surface.HOPX
     return _BY_FIRST_SEGMENT.get(first, Surface.SHARED)
+
+
+_DATA_PLANE = frozenset({"sandboxes", "execute", "commands", "files", "env", "info", "terminal"})
+
+
+def is_data_plane(path: str) -> bool:
+    """Whether ``path`` is a sandbox data-plane path (where sandbox tokens are accepted)."""
+    parts = path.split("/", 3)
+    first = parts[1] if len(parts) > 1 else ""
+    return first in _DATA_PLANE or (
+        first == "metrics" and len(parts) > 2 and parts[2] == "snapshot"
+    )
