@@ -66,6 +66,9 @@ class RateLimiter:
             "default": parse(settings.default),
         }
         url = settings.storage_url
+        # In one process a plain dict of fixed windows does the job of `limits`' memory
+        # storage without its per-key asyncio locks; shared counters (Redis) go through `limits`.
+        self._local: dict[str, list[float]] | None = {} if url.startswith("memory:") else None
         options: dict[str, str] = {}
         if url.startswith(("redis://", "rediss://")):
             options["implementation"] = "redispy"
@@ -79,6 +82,8 @@ class RateLimiter:
         # The fixed-window strategy of `limits`, minus its per-call key formatting and the
         # extra read of the counter: the increment already returns it.
         item = self._items[group]
+        if self._local is not None:
+            return self._hit_local(item, subject, group)
         key = self._keys.get((subject, group))
         if key is None:
             if len(self._keys) > _KEY_CACHE_LIMIT:
@@ -88,10 +93,31 @@ class RateLimiter:
         reset_time = await self._storage.get_expiry(key)
         return Decision(count <= item.amount, item.amount, max(0, item.amount - count), reset_time)
 
+    def _hit_local(self, item: RateLimitItem, subject: str, group: str) -> Decision:
+        assert self._local is not None
+        now = time.time()
+        key = subject + "\x00" + group
+        window = self._local.get(key)
+        if window is None or window[1] <= now:
+            if len(self._local) > _KEY_CACHE_LIMIT:
+                self._expire(now)
+            period = item.get_expiry()
+            window = self._local[key] = [0.0, (now // period + 1) * period]
+        window[0] += 1
+        count = int(window[0])
+        return Decision(count <= item.amount, item.amount, max(0, item.amount - count), window[1])
+
+    def _expire(self, now: float) -> None:
+        assert self._local is not None
+        for key in [k for k, w in self._local.items() if w[1] <= now]:
+            del self._local[key]
+
     async def ping(self) -> None:
         """Raise if the counter storage cannot be reached."""
         if not await self._storage.check():
             raise ConnectionError("rate-limit storage is unreachable")
 
     async def reset(self) -> None:
+        if self._local is not None:
+            self._local.clear()
         await self._storage.reset()

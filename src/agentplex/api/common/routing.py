@@ -13,9 +13,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, Router, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -75,6 +76,11 @@ class Endpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def dumps(data: Any) -> bytes:
+    """JSON bytes of ``data`` (orjson: several times faster than the standard library)."""
+    return orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+
 def problems(error: ValidationError) -> list[str]:
     """Validation errors as ``where: what`` lines."""
     out = []
@@ -124,7 +130,7 @@ def _endpoint_app(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]
         result = await endpoint.handler(Call(request, query, body))
         if isinstance(result, Response):
             return result
-        return JSONResponse(result, status_code=status)
+        return Response(dumps(result), status_code=status, media_type="application/json")
 
     return app
 
