@@ -68,6 +68,8 @@ def make_settings(database_url: str, tmp_path: Path) -> SettingsFactory:
         overrides: dict[str, dict[str, Any]] = {
             "server": {"data_dir": tmp_path / "data"},
             "database": {"url": database_url},
+            # the sandbox layer starts on first use unless a test asks for it up front
+            "sandbox": {"warm_on_start": False},
         }
         for name, values in sections.items():
             overrides.setdefault(name, {}).update(values)

@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from agentplex import __version__
-from agentplex.api import par, prx
+from agentplex.api import hopx, par, prx
 from agentplex.api.common import errors, health, openapi
 from agentplex.api.common.gateway import Gateway
 from agentplex.api.common.metrics import Metrics
@@ -36,6 +36,7 @@ _MOUNTS: list[tuple[str, RouteTable, bool]] = [
     ("/api/v1", prx.routes, True),
     ("/api", prx.routes, False),  # PRX alias
     ("", par.routes, True),
+    ("", hopx.routes, True),
 ]
 
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings) -> ASGIApp:
     async def docs(_request: Request) -> Response:
         return HTMLResponse(openapi.SWAGGER_HTML)
 
+    routes += hopx.dataplane_routes()
     routes += [Route("/openapi.json", openapi_json), Route("/docs", docs)]
     app = Starlette(lifespan=lifespan, exception_handlers=errors.HANDLERS)
     app.router = SegmentRouter(routes, lifespan=lifespan)

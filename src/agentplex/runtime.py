@@ -10,17 +10,22 @@ import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agentplex import __version__
 from agentplex.bus import Bus, create_bus
 from agentplex.core import environments
-from agentplex.core.auth import Authenticator
+from agentplex.core.auth import Authenticator, Principal
 from agentplex.core.clock import utcnow
 from agentplex.core.logs import LogStore, configure_logging
+from agentplex.core.sandboxes import SandboxService
 from agentplex.core.streams import StreamStore
 from agentplex.db import migrate
 from agentplex.db.engine import Database
 from agentplex.settings import Settings
+
+if TYPE_CHECKING:
+    from agentplex.sandbox import SandboxManager
 
 log = logging.getLogger("agentplex.server")
 
@@ -46,6 +51,8 @@ class Runtime:
         self.bus: Bus = create_bus(settings.bus.url)
         self.streams = StreamStore(self.db, self.bus, settings.streams.ring_size)
         self.auth = Authenticator(self.db, settings.auth)
+        self.sandboxes: SandboxService | None = None
+        self.sandbox_manager: SandboxManager | None = None
         self.default_env_id = ""
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -70,6 +77,8 @@ class Runtime:
         self.auth.set_default_env(env.id)
         await self.bus.start()
         self._tasks.append(asyncio.create_task(self._flush_key_usage(), name="key-usage"))
+        if self.settings.sandbox.enabled:
+            await self._start_sandboxes()
         self.ready = True
         log.info(
             "agentplex %s started: database %s, bus %s",
@@ -78,9 +87,52 @@ class Runtime:
             self.settings.bus.url.split("@")[-1],
         )
 
+    async def _start_sandboxes(self) -> None:
+        from agentplex.sandbox import SandboxManager
+
+        config = self.settings.sandbox
+        self.sandbox_manager = SandboxManager(
+            self.settings.server.data_dir,
+            allow_unisolated=config.allow_unisolated,
+            pool_size=config.pool_size,
+        )
+        isolation = self.sandbox_manager.isolation
+        if isolation.kind == "none":
+            log.warning(
+                "SANDBOX ISOLATION UNAVAILABLE: %s. Sandboxes are %s.",
+                isolation.reason,
+                "run WITHOUT isolation (sandbox.allow_unisolated)"
+                if config.allow_unisolated
+                else "refused until bubblewrap works or sandbox.allow_unisolated is set",
+            )
+        self.sandboxes = SandboxService(self.db, self.sandbox_manager, config)
+        await self.sandboxes.start()
+        self.auth.add_token_verifier(self._verify_sandbox_token)
+        if config.warm_on_start:
+            self._tasks.append(asyncio.create_task(self._open_sandboxes(), name="sandbox-open"))
+
+    async def _open_sandboxes(self) -> None:
+        assert self.sandbox_manager is not None
+        try:
+            await self.sandbox_manager.open()
+        except Exception:
+            log.exception("could not start the sandbox layer; sandbox requests will retry")
+
+    async def _verify_sandbox_token(self, token: str) -> Principal | None:
+        assert self.sandboxes is not None
+        record = await self.sandboxes.by_token(token)
+        if record is None:
+            return None
+        return Principal(record.env_id, "sandbox", None, "sandbox:" + record.id, record.id)
+
     async def stop(self) -> None:
         """Stop background work and release connections."""
         self.ready = False
+        if self.sandboxes is not None:
+            await self.sandboxes.close()
+        if self.sandbox_manager is not None:
+            with contextlib.suppress(Exception):
+                await self.sandbox_manager.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

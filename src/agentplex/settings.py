@@ -202,6 +202,11 @@ class SandboxSettings(_Subsystem):
     sweep_seconds: float = Field(
         1.0, gt=0, description="How often expired sandboxes are looked for."
     )
+    warm_on_start: bool = Field(
+        True,
+        description="Start the sandbox layer (fork server, warm pool) when the server starts; "
+        "otherwise on the first sandbox request.",
+    )
 
 
 class Settings(BaseModel):

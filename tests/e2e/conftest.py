@@ -202,6 +202,8 @@ def base_env(database_url: str) -> dict[str, str]:
         AGENTPLEX_DATABASE_URL=database_url,
         # Skips a `git rev-parse` per start; the value is what /status reports.
         AGENTPLEX_GIT_SHA="e2e",
+        # These tests use no sandbox; do not start the sandbox layer in every server.
+        AGENTPLEX_SANDBOX_WARM_ON_START="false",
         PYTHONUNBUFFERED="1",
     )
     return env

@@ -103,6 +103,7 @@ async def status(call: Call) -> dict[str, Any]:
         "git_sha": runtime.git_sha,
         "start_time": iso(runtime.started_at),
         "database": runtime.db.url.get_backend_name(),
+        "sandbox": runtime.sandbox_manager.status() if runtime.sandbox_manager else None,
         **par_ok(
             {
                 "runtime": {

@@ -1,0 +1,12 @@
+"""The Hopx surface: sandbox lifecycle (/v1/sandboxes, /v1/templates) and the data plane."""
+
+from __future__ import annotations
+
+from agentplex.api.common.routing import RouteTable
+from agentplex.api.hopx import dataplane, sandboxes, templates
+
+routes = RouteTable(tags=["hopx"])
+routes.include(sandboxes.routes)
+routes.include(templates.routes)
+
+dataplane_routes = dataplane.routes

@@ -1,0 +1,118 @@
+"""Hopx control plane: ``/v1/sandboxes`` lifecycle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from agentplex.api.common.routing import Call, RouteTable
+from agentplex.api.hopx.views import sandbox_view, with_token
+from agentplex.core.sandboxes import SandboxService, SandboxUnavailable
+
+routes = RouteTable(tags=["hopx"])
+
+
+class CreateSandbox(BaseModel):
+    template_name: str | None = Field(None, description="Template by name (default python)")
+    template_id: str | None = Field(None, description="Template by id")
+    timeout_seconds: int | None = Field(None, description="Stop the sandbox after this long")
+    internet_access: bool = Field(False, description="Share the host's network")
+    env_vars: dict[str, str] = Field(default_factory=dict, description="Environment variables")
+
+
+class ListSandboxes(BaseModel):
+    limit: int = Field(100, ge=1, le=1000, description="Page size")
+    status: str | None = Field(None, description="creating, running, paused or stopped")
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+
+
+class SetTimeout(BaseModel):
+    timeout_seconds: int = Field(..., description="New lifetime, counted from now (0: none)")
+
+
+def service(call: Call) -> SandboxService:
+    svc: SandboxService | None = call.request.app.state.runtime.sandboxes
+    if svc is None:
+        raise SandboxUnavailable("Sandboxes are disabled on this server (sandbox.enabled=false)")
+    return svc
+
+
+@routes.post("/v1/sandboxes", summary="Create a sandbox from a template", body=CreateSandbox)
+async def create(call: Call) -> dict[str, Any]:
+    body: CreateSandbox = call.body
+    record, token = await service(call).create(
+        call.principal.env_id,
+        template=body.template_id or body.template_name,
+        timeout_seconds=body.timeout_seconds,
+        internet_access=body.internet_access,
+        env_vars=body.env_vars,
+    )
+    return with_token(sandbox_view(record, call.request), token, record)
+
+
+@routes.get("/v1/sandboxes", summary="List sandboxes (cursor pagination)", query=ListSandboxes)
+async def list_sandboxes(call: Call) -> dict[str, Any]:
+    q: ListSandboxes = call.query
+    rows, next_cursor = await service(call).page(
+        call.principal.env_id, status=q.status, limit=q.limit, cursor=q.cursor
+    )
+    return {
+        "data": [sandbox_view(r, call.request) for r in rows],
+        "has_more": next_cursor is not None,
+        "next_cursor": next_cursor,
+    }
+
+
+@routes.get("/v1/sandboxes/{sandbox_id}", summary="Get a sandbox")
+async def get(call: Call) -> dict[str, Any]:
+    record = await service(call).get(call.principal.env_id, call.path_params["sandbox_id"])
+    return sandbox_view(record, call.request)
+
+
+@routes.delete("/v1/sandboxes/{sandbox_id}", summary="Delete a sandbox and its files")
+async def delete(call: Call) -> dict[str, Any]:
+    sandbox_id = call.path_params["sandbox_id"]
+    await service(call).delete(call.principal.env_id, sandbox_id)
+    return {"id": sandbox_id, "status": "deleted", "message": "Sandbox deleted"}
+
+
+def _action(name: str, summary: str) -> None:
+    @routes.post(f"/v1/sandboxes/{{sandbox_id}}/{name}", summary=summary)
+    async def act(call: Call) -> dict[str, Any]:
+        svc = service(call)
+        env_id, sandbox_id = call.principal.env_id, call.path_params["sandbox_id"]
+        if name == "stop":
+            record = await svc.stop(env_id, sandbox_id)
+        elif name == "start":
+            record = await svc.start_sandbox(env_id, sandbox_id)
+        elif name == "pause":
+            record = await svc.pause(env_id, sandbox_id)
+        else:
+            record = await svc.resume(env_id, sandbox_id)
+        return sandbox_view(record, call.request)
+
+
+for _name, _summary in (
+    ("start", "Start a stopped sandbox (its files are kept)"),
+    ("stop", "Stop a sandbox's processes, keeping its files"),
+    ("pause", "Freeze a sandbox's processes"),
+    ("resume", "Thaw a paused sandbox"),
+):
+    _action(_name, _summary)
+
+
+@routes.put("/v1/sandboxes/{sandbox_id}/timeout", summary="Set the timeout", body=SetTimeout)
+async def set_timeout(call: Call) -> dict[str, Any]:
+    record = await service(call).set_timeout(
+        call.principal.env_id, call.path_params["sandbox_id"], call.body.timeout_seconds
+    )
+    return sandbox_view(record, call.request)
+
+
+@routes.post("/v1/sandboxes/{sandbox_id}/token/refresh", summary="Issue a new auth_token")
+async def refresh_token(call: Call) -> dict[str, Any]:
+    record, token = await service(call).refresh_token(
+        call.principal.env_id, call.path_params["sandbox_id"]
+    )
+    return with_token(sandbox_view(record, call.request), token, record)

@@ -1,0 +1,1 @@
+"""agentd: the data-plane server that runs inside each sandbox (the Hopx VM-agent protocol)."""

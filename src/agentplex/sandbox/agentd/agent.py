@@ -1,0 +1,216 @@
+"""The state of one agentd: its paths, environment, Python kernel and background processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from agentplex.sandbox.agentd.config import AgentConfig
+from agentplex.sandbox.agentd.errors import AgentError, invalid
+from agentplex.sandbox.agentd.kernel import PythonKernel
+from agentplex.sandbox.agentd.paths import PathMapper
+from agentplex.sandbox.agentd.processes import OutputSink, ProcessRegistry, RunResult, run_process
+
+LANGUAGES = {
+    "python": "python",
+    "python3": "python",
+    "py": "python",
+    "javascript": "javascript",
+    "js": "javascript",
+    "node": "javascript",
+    "nodejs": "javascript",
+    "bash": "bash",
+    "sh": "bash",
+    "shell": "bash",
+    "go": "go",
+    "golang": "go",
+}
+_SUFFIX = {"python": ".py", "javascript": ".js", "bash": ".sh", "go": ".go"}
+DEFAULT_TIMEOUT = 60.0
+MAX_TIMEOUT = 24 * 3600.0
+
+
+def parse_timeout(value: Any, default: float = DEFAULT_TIMEOUT) -> float:
+    if value is None:
+        return default
+    try:
+        timeout = float(value)
+    except (TypeError, ValueError):
+        raise invalid("timeout must be a number of seconds", timeout=value) from None
+    if timeout <= 0:
+        return default
+    return min(timeout, MAX_TIMEOUT)
+
+
+def parse_env(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid("env must be an object of strings")
+    return {str(k): "" if v is None else str(v) for k, v in value.items()}
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.paths = PathMapper(cfg.workspace, cfg.workspace_real, cfg.tmp_real)
+        self.env: dict[str, str] = dict(cfg.env_vars)
+        self.kernel = PythonKernel()
+        self.procs = ProcessRegistry()
+        self.started = time.time()
+        self.executions = 0
+        self.notice = ""  # why the host ended this sandbox's processes (quota), told once
+        self.quota_limit = 0  # set while the workspace is over its disk quota
+
+    def reset(self, reason: str) -> int:
+        """End every process of the sandbox except agentd itself; how many were signalled."""
+        self.notice = reason
+        me = os.getpid()
+        if self.cfg.isolation == "none":
+            victims = [p for p in _descendants(me) if p != me]
+        else:  # in our pid namespace: 1 is bwrap's init, below us its payload; keep those
+            victims = [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) > me]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        return len(victims)
+
+    def check_quota(self) -> None:
+        """Refuse writes while the workspace is over quota (re-measured on each attempt)."""
+        if not self.quota_limit:
+            return
+        from agentplex.sandbox.quota import disk_usage
+
+        if disk_usage(Path(self.cfg.workspace_real)) <= self.quota_limit:
+            self.quota_limit = 0
+            return
+        raise AgentError(
+            "DISK_QUOTA_EXCEEDED",
+            "the workspace is over its disk quota; delete files before writing more",
+            507,
+        )
+
+    def _with_notice(self, res: RunResult) -> RunResult:
+        if self.notice and res.exit_code != 0:
+            res.stderr += f"\n{self.notice}\n"
+            self.notice = ""
+        return res
+
+    # -- environment -------------------------------------------------------------------------
+    def base_env(self) -> dict[str, str]:
+        """What every process in the sandbox starts with (the sandbox's variables on top)."""
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "HOME": self.cfg.workspace,
+            "LANG": "C.UTF-8",
+            "TERM": "xterm-256color",
+            "TMPDIR": self.cfg.tmp_real,
+            "PYTHONUNBUFFERED": "1",
+            "MPLBACKEND": "Agg",
+            "SANDBOX_ID": self.cfg.sandbox_id,
+        }
+        env.update(self.env)
+        return env
+
+    def set_env(self, env: dict[str, str]) -> None:
+        self.env = env
+        with contextlib.suppress(OSError):
+            path = os.path.join(self.cfg.state_dir, "env.json")
+            with open(path + ".tmp", "w") as f:
+                json.dump(env, f)
+            os.replace(path + ".tmp", path)
+
+    def workdir(self, value: Any) -> str:
+        return self.paths.resolve(str(value) if value else self.cfg.workspace)
+
+    # -- execution ---------------------------------------------------------------------------
+    def language(self, value: Any) -> str:
+        lang = LANGUAGES.get(str(value or "python").lower())
+        if lang is None:
+            raise invalid(
+                f"unsupported language {value!r}; use python, javascript, bash or go",
+                language=value,
+            )
+        if lang == "javascript" and not shutil.which("node"):
+            raise invalid("javascript is not available: node is not installed in this sandbox")
+        if lang == "go" and not shutil.which("go"):
+            raise invalid("go is not available: no Go toolchain in this sandbox")
+        return lang
+
+    def script(self, lang: str, code: str) -> tuple[list[str], str]:
+        """Write `code` to a private temp dir; the argv that runs it and the dir to remove."""
+        tmp = tempfile.mkdtemp(prefix=".exec-", dir=self.cfg.tmp_real)
+        name = "main" + _SUFFIX[lang]
+        path = os.path.join(tmp, name)
+        with open(path, "w") as f:
+            f.write(code)
+        argv = {
+            "python": [sys.executable, "-u", path],
+            "javascript": ["node", path],
+            "bash": ["bash", path] if shutil.which("bash") else ["/bin/sh", path],
+            "go": ["go", "run", path],
+        }[lang]
+        return argv, tmp
+
+    async def execute(
+        self,
+        lang: str,
+        code: str,
+        *,
+        workdir: str,
+        env: dict[str, str],
+        timeout: float,  # noqa: ASYNC109
+        sink: OutputSink | None = None,
+    ) -> RunResult:
+        self.executions += 1
+        if lang == "python":
+            return self._with_notice(
+                await self.kernel.execute(
+                    code,
+                    workdir=workdir,
+                    env=env,
+                    base_env=self.base_env(),
+                    timeout=timeout,
+                    sink=sink,
+                )
+            )
+        argv, tmp = self.script(lang, code)
+        try:
+            return self._with_notice(
+                await run_process(
+                    argv, cwd=workdir, env={**self.base_env(), **env}, timeout=timeout, sink=sink
+                )
+            )
+        except OSError as exc:
+            raise AgentError("EXECUTION_FAILED", f"could not start {lang}: {exc}", 500) from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def close(self) -> None:
+        self.kernel.close()
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out

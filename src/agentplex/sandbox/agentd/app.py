@@ -1,0 +1,77 @@
+"""The agentd ASGI app: every Hopx data-plane route, Hopx error envelopes, X-Request-ID."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agentplex.sandbox.agentd import execute, files, stream, system
+from agentplex.sandbox.agentd.agent import Agent
+from agentplex.sandbox.agentd.config import AgentConfig
+from agentplex.sandbox.agentd.errors import AgentError, error_response, request_id
+
+
+class _RequestId:
+    """Echo (or mint) X-Request-ID on every HTTP answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = request_id(Request(scope))
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def _send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0] != b"x-request-id"]
+                headers.append((b"x-request-id", rid.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, _send)
+
+
+def _rid(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id") or request_id(request))
+
+
+async def _agent_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AgentError)
+    return error_response(exc, _rid(request))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "INVALID_REQUEST")
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    return error_response(AgentError(code, message, exc.status_code), _rid(request))
+
+
+async def _crash(request: Request, exc: Exception) -> Response:
+    err = AgentError("INTERNAL_ERROR", f"agentd failed: {type(exc).__name__}: {exc}", 500)
+    return error_response(err, _rid(request))
+
+
+def build_app(cfg: AgentConfig) -> Starlette:
+    """The data-plane app of one sandbox."""
+    app = Starlette(
+        routes=[*system.routes, *execute.routes, *files.routes, *stream.routes],
+        exception_handlers={
+            AgentError: _agent_error,
+            HTTPException: _http_error,
+            Exception: _crash,
+        },
+    )
+    app.state.agent = Agent(cfg)
+    app.add_middleware(_RequestId)
+    return app
+
+
+def error_json(code: str, message: str, status: int) -> JSONResponse:
+    return error_response(AgentError(code, message, status), "")

@@ -1,0 +1,23 @@
+"""What one agentd needs to know about its sandbox."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class AgentConfig:
+    """Paths are as agentd sees them (inside the sandbox when isolated)."""
+
+    socket_path: str
+    workspace: str = "/workspace"  # the path clients use
+    workspace_real: str = "/workspace"  # where it is for agentd (differs only when unisolated)
+    tmp_real: str = "/tmp"  # noqa: S108
+    state_dir: str = "/run/agentd"  # env.json lives here so env survives stop/start
+    env_vars: dict[str, str] = field(default_factory=dict)
+    isolation: str = "bubblewrap"
+    sandbox_id: str = ""
+    template: str = "python"
+    eager_kernel: bool = False  # fork the Python kernel right away instead of on first use
+    started_at: float = field(default_factory=time.time)

@@ -1,0 +1,197 @@
+"""Routes: /execute, /execute/background, /execute/processes, /execute/kill, /commands/*."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from agentplex.sandbox.agentd.agent import Agent, parse_env, parse_timeout
+from agentplex.sandbox.agentd.errors import AgentError, invalid
+from agentplex.sandbox.agentd.processes import RunResult, run_process
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise invalid("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise invalid("the request body must be a JSON object")
+    return data
+
+
+def _agent(request: Request) -> Agent:
+    agent: Agent = request.app.state.agent
+    return agent
+
+
+def result_body(res: RunResult) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "stdout": res.stdout,
+        "stderr": res.stderr,
+        "exit_code": res.exit_code,
+        "execution_time": round(res.execution_time, 6),
+        "success": res.exit_code == 0 and not res.timed_out,
+    }
+    body.update(res.extra)
+    return body
+
+
+def timeout_error(res: RunResult, timeout: float) -> AgentError:
+    details = result_body(res)
+    details["timeout"] = timeout
+    return AgentError(
+        "EXECUTION_TIMEOUT",
+        f"execution timed out after {timeout:g}s and was stopped; the sandbox is still usable",
+        408,
+        details,
+    )
+
+
+async def execute(request: Request) -> JSONResponse:
+    agent = _agent(request)
+    body = await json_body(request)
+    code = body.get("code")
+    if not isinstance(code, str):
+        raise invalid("'code' (a string) is required")
+    lang = agent.language(body.get("language"))
+    timeout = parse_timeout(body.get("timeout"))
+    res = await agent.execute(
+        lang,
+        code,
+        workdir=agent.workdir(body.get("workdir") or body.get("working_dir")),
+        env=parse_env(body.get("env")),
+        timeout=timeout,
+    )
+    if res.timed_out:
+        raise timeout_error(res, timeout)
+    out = result_body(res)
+    out["language"] = lang
+    return JSONResponse(out)
+
+
+async def execute_background(request: Request) -> JSONResponse:
+    agent = _agent(request)
+    body = await json_body(request)
+    code = body.get("code")
+    if not isinstance(code, str):
+        raise invalid("'code' (a string) is required")
+    lang = agent.language(body.get("language"))
+    argv, tmp = agent.script(lang, code)
+    bp = agent.procs.start(
+        argv,
+        kind="execute",
+        name=body.get("name"),
+        language=lang,
+        command=code[:200],
+        cwd=agent.workdir(body.get("workdir") or body.get("working_dir")),
+        env={**agent.base_env(), **parse_env(body.get("env"))},
+        timeout=parse_timeout(body.get("timeout"), 3600.0),
+        cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True),
+    )
+    return JSONResponse(
+        {
+            "process_id": bp.process_id,
+            "execution_id": bp.execution_id,
+            "status": bp.status,
+            "name": bp.name,
+        }
+    )
+
+
+async def list_processes(request: Request) -> JSONResponse:
+    procs = [p.to_dict() for p in _agent(request).procs.procs.values()]
+    return JSONResponse({"processes": procs, "count": len(procs)})
+
+
+async def kill_process(request: Request) -> JSONResponse:
+    agent = _agent(request)
+    ident = request.path_params["process_id"]
+    bp = agent.procs.find(ident)
+    if bp is None:
+        raise AgentError(
+            "PROCESS_NOT_FOUND", f"no background process {ident!r}", 404, {"process_id": ident}
+        )
+    agent.procs.kill(bp)
+    return JSONResponse(
+        {
+            "success": True,
+            "process_id": bp.process_id,
+            "status": bp.status,
+            "message": f"process {bp.process_id} killed",
+        }
+    )
+
+
+def _command_argv(body: dict[str, Any]) -> tuple[list[str], str]:
+    command = body.get("command")
+    if not isinstance(command, str) or not command:
+        raise invalid("'command' (a string) is required")
+    args = body.get("args")
+    if args is None:
+        return ["/bin/sh", "-c", command], command
+    if not isinstance(args, list):
+        raise invalid("'args' must be a list of strings")
+    argv = [command, *(str(a) for a in args)]
+    return argv, " ".join(argv)
+
+
+async def run_command(request: Request) -> JSONResponse:
+    agent = _agent(request)
+    body = await json_body(request)
+    argv, _ = _command_argv(body)
+    timeout = parse_timeout(body.get("timeout"), 30.0)
+    try:
+        res = await run_process(
+            argv,
+            cwd=agent.workdir(body.get("workdir") or body.get("working_dir")),
+            env={**agent.base_env(), **parse_env(body.get("env"))},
+            timeout=timeout,
+        )
+    except OSError as exc:
+        res = RunResult(
+            stdout="", stderr=f"{argv[0]}: {exc.strerror}\n", exit_code=127, execution_time=0.0
+        )
+    if res.timed_out:
+        raise timeout_error(res, timeout)
+    out = result_body(res)
+    out["pid"] = res.pid
+    return JSONResponse(out)
+
+
+async def run_command_background(request: Request) -> JSONResponse:
+    agent = _agent(request)
+    body = await json_body(request)
+    argv, text = _command_argv(body)
+    bp = agent.procs.start(
+        argv,
+        kind="command",
+        name=body.get("name"),
+        language=None,
+        command=text,
+        cwd=agent.workdir(body.get("workdir") or body.get("working_dir")),
+        env={**agent.base_env(), **parse_env(body.get("env"))},
+        timeout=parse_timeout(body.get("timeout"), 3600.0),
+    )
+    return JSONResponse(
+        {"process_id": bp.process_id, "execution_id": bp.execution_id, "status": bp.status}
+    )
+
+
+routes = [
+    Route("/execute", execute, methods=["POST"]),
+    Route("/execute/rich", execute, methods=["POST"]),
+    Route("/execute/background", execute_background, methods=["POST"]),
+    Route("/execute/processes", list_processes, methods=["GET"]),
+    Route("/execute/kill/{process_id}", kill_process, methods=["POST", "DELETE"]),
+    Route("/commands/run", run_command, methods=["POST"]),
+    Route("/commands/background", run_command_background, methods=["POST"]),
+]

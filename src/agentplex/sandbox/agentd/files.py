@@ -1,0 +1,228 @@
+"""Routes: /files/* (read, write, list, download, upload, exists, remove, mkdir)."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import os
+import shutil
+import stat
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from agentplex.sandbox.agentd.agent import Agent
+from agentplex.sandbox.agentd.errors import AgentError, invalid, not_allowed, not_found
+from agentplex.sandbox.agentd.execute import json_body
+
+T = TypeVar("T")
+MAX_READ = 50 * 1024 * 1024
+
+
+def _agent(request: Request) -> Agent:
+    agent: Agent = request.app.state.agent
+    return agent
+
+
+def _fs(path: str, fn: Callable[[], T]) -> T:
+    """Run a filesystem operation, turning OS errors into Hopx errors."""
+    try:
+        return fn()
+    except FileNotFoundError:
+        raise not_found(path) from None
+    except NotADirectoryError:
+        raise invalid(f"not a directory: {path}", path=path) from None
+    except IsADirectoryError:
+        raise invalid(f"is a directory: {path}", path=path) from None
+    except PermissionError:
+        raise not_allowed(path) from None
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise AgentError(
+                "DISK_QUOTA_EXCEEDED",
+                f"the sandbox's disk is full ({exc.strerror}); remove files and retry",
+                507,
+                {"path": path},
+            ) from None
+        if exc.errno == errno.EROFS:
+            raise not_allowed(path) from None
+        raise AgentError("FILE_OPERATION_FAILED", f"{path}: {exc.strerror}", 500) from None
+
+
+def _path(request: Request, body: dict[str, Any] | None = None) -> tuple[str, str]:
+    raw = (body or {}).get("path") if body is not None else request.query_params.get("path")
+    if raw is not None and not isinstance(raw, str):
+        raise invalid("'path' must be a string")
+    return raw or "", _agent(request).paths.resolve(raw)
+
+
+def _info(agent: Agent, real: str, st: os.stat_result) -> dict[str, Any]:
+    mtime = datetime.fromtimestamp(st.st_mtime, tz=UTC).isoformat()
+    return {
+        "name": os.path.basename(real),
+        "path": agent.paths.to_client(real),
+        "size": st.st_size,
+        "is_directory": stat.S_ISDIR(st.st_mode),
+        "is_dir": stat.S_ISDIR(st.st_mode),
+        "permissions": stat.filemode(st.st_mode),
+        "mode": oct(stat.S_IMODE(st.st_mode)),
+        "modified_time": mtime,
+    }
+
+
+async def read_file(request: Request) -> JSONResponse:
+    path, real = _path(request)
+
+    def _read() -> bytes:
+        if os.path.getsize(real) > MAX_READ:
+            raise invalid("file too large for /files/read; use /files/download", path=path)
+        with open(real, "rb") as f:
+            return f.read()
+
+    data = _fs(path, _read)
+    try:
+        return JSONResponse({"content": data.decode(), "path": path, "size": len(data)})
+    except UnicodeDecodeError:
+        content = base64.b64encode(data).decode()
+        return JSONResponse(
+            {"content": content, "encoding": "base64", "path": path, "size": len(data)}
+        )
+
+
+async def write_file(request: Request) -> JSONResponse:
+    body = await json_body(request)
+    path, real = _path(request, body)
+    content = body.get("content", "")
+    if not isinstance(content, str):
+        raise invalid("'content' must be a string (use encoding=base64 for bytes)")
+    data = base64.b64decode(content) if body.get("encoding") == "base64" else content.encode()
+    _agent(request).check_quota()
+    mode = body.get("mode")
+
+    def _write() -> None:
+        os.makedirs(os.path.dirname(real), exist_ok=True)
+        with open(real, "wb") as f:
+            f.write(data)
+        if mode:
+            os.chmod(real, int(str(mode), 8))
+
+    try:
+        _fs(path, _write)
+    except ValueError:
+        raise invalid("'mode' must be an octal string such as '0644'") from None
+    return JSONResponse({"success": True, "path": path, "size": len(data)})
+
+
+async def list_files(request: Request) -> JSONResponse:
+    agent = _agent(request)
+    raw = request.query_params.get("path") or agent.cfg.workspace
+    real = agent.paths.resolve(raw)
+
+    def _list() -> list[dict[str, Any]]:
+        out = []
+        with os.scandir(real) as it:
+            for entry in it:
+                try:
+                    out.append(_info(agent, entry.path, entry.stat(follow_symlinks=False)))
+                except FileNotFoundError:
+                    continue
+        return sorted(out, key=lambda f: f["name"])
+
+    files = _fs(raw, _list)
+    return JSONResponse({"files": files, "path": raw, "count": len(files)})
+
+
+async def download(request: Request) -> StreamingResponse:
+    path, real = _path(request)
+    f = _fs(path, lambda: open(real, "rb"))  # noqa: SIM115
+    size = os.fstat(f.fileno()).st_size
+
+    async def _chunks() -> AsyncIterator[bytes]:
+        with f:
+            while chunk := f.read(256 * 1024):
+                yield chunk
+
+    name = os.path.basename(real)
+    return StreamingResponse(
+        _chunks(),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Length": str(size),
+            "Content-Disposition": f'attachment; filename="{name}"',
+        },
+    )
+
+
+async def upload(request: Request) -> JSONResponse:
+    agent = _agent(request)
+    try:
+        form = await request.form()
+    except Exception as exc:  # malformed multipart bodies raise parser-specific errors
+        raise invalid(f"expected a multipart/form-data body: {exc}") from None
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise invalid("multipart field 'file' is required")
+    raw = form.get("path")
+    raw = raw if isinstance(raw, str) and raw else (upload.filename or "upload.bin")
+    real = agent.paths.resolve(raw)
+    if raw.endswith("/") or os.path.isdir(real):  # noqa: ASYNC240
+        real = os.path.join(real, os.path.basename(upload.filename or "upload.bin"))
+        agent.paths.resolve(agent.paths.to_client(real))
+    data = await upload.read()
+    agent.check_quota()
+
+    def _write() -> None:
+        os.makedirs(os.path.dirname(real), exist_ok=True)
+        with open(real, "wb") as f:
+            f.write(data)
+
+    _fs(raw, _write)
+    return JSONResponse({"success": True, "path": agent.paths.to_client(real), "size": len(data)})
+
+
+async def exists(request: Request) -> JSONResponse:
+    path, real = _path(request)
+    found = os.path.lexists(real)  # noqa: ASYNC240
+    return JSONResponse(
+        {"exists": found, "path": path, "is_directory": found and os.path.isdir(real)}  # noqa: ASYNC240
+    )
+
+
+async def remove(request: Request) -> JSONResponse:
+    agent = _agent(request)
+    path, real = _path(request)
+    if os.path.realpath(real) in {os.path.realpath(r) for _, r in agent.paths.roots}:  # noqa: ASYNC240
+        raise invalid(f"refusing to remove the root directory {path}", path=path)
+
+    def _remove() -> None:
+        if os.path.isdir(real) and not os.path.islink(real):
+            shutil.rmtree(real)
+        else:
+            os.unlink(real)
+
+    _fs(path, _remove)
+    return JSONResponse({"success": True, "path": path})
+
+
+async def mkdir(request: Request) -> JSONResponse:
+    body = await json_body(request)
+    path, real = _path(request, body)
+    _fs(path, lambda: os.makedirs(real, exist_ok=True))
+    return JSONResponse({"success": True, "path": path})
+
+
+routes = [
+    Route("/files/read", read_file, methods=["GET"]),
+    Route("/files/write", write_file, methods=["POST", "PUT"]),
+    Route("/files/list", list_files, methods=["GET"]),
+    Route("/files/download", download, methods=["GET"]),
+    Route("/files/upload", upload, methods=["POST"]),
+    Route("/files/exists", exists, methods=["GET"]),
+    Route("/files/remove", remove, methods=["DELETE", "POST"]),
+    Route("/files/mkdir", mkdir, methods=["POST"]),
+]

@@ -1,0 +1,198 @@
+"""The stateful Python kernel: an IPython shell driven over a socket, forked from agentd.
+
+The shell is built once in the zygote (`prewarm`), so a sandbox's first Python execution costs a
+fork, not an interpreter start plus imports. Display data (matplotlib figures through the inline
+backend, `display()`, the value of a cell's last expression) is collected per execution and
+returned as Hopx rich fields (png, html, json, dataframe, ...).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import sys
+from typing import Any, NoReturn
+
+_OUTPUTS: list[dict[str, Any]] = []
+_RESULT: dict[str, Any] = {}
+_SHELL: Any = None
+MAX_DF_ROWS = 1000
+
+
+def _make_shell() -> Any:
+    from IPython.core.displayhook import DisplayHook
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets import Type
+    from traitlets.config import Config
+
+    class Publisher(DisplayPublisher):
+        def publish(self, data: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+            _OUTPUTS.append(dict(data))
+
+        def clear_output(self, wait: bool = False) -> None:
+            _OUTPUTS.clear()
+
+    class Hook(DisplayHook):
+        def __call__(self, result: Any = None) -> None:
+            if result is not None:
+                _RESULT["obj"] = result
+            super().__call__(result)  # type: ignore[no-untyped-call]
+
+        def write_output_prompt(self) -> None:
+            pass
+
+        def write_format_data(self, format_dict: dict[str, Any], md_dict: Any = None) -> None:
+            _RESULT["data"] = dict(format_dict)
+
+    class Shell(InteractiveShell):
+        display_pub_class = Type(Publisher)
+        displayhook_class = Type(Hook)
+
+        def _showtraceback(self, etype: Any, evalue: Any, stb: Any) -> None:
+            sys.stderr.write(self.InteractiveTB.stb2text(stb) + "\n")
+            sys.stderr.flush()
+
+    cfg = Config()
+    cfg.HistoryManager.enabled = False
+    cfg.InteractiveShell.colors = "nocolor"
+    cfg.InteractiveShell.autocall = 0
+    shell = Shell.instance(config=cfg)
+    with contextlib.suppress(Exception):  # matplotlib is optional
+        shell.enable_matplotlib("inline")  # type: ignore[no-untyped-call]
+    return shell
+
+
+def prewarm() -> None:
+    """Import IPython (and the scientific stack when present) and build the shell."""
+    global _SHELL
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    for mod in ("numpy", "pandas", "matplotlib.pyplot"):
+        with contextlib.suppress(Exception):
+            __import__(mod)
+    try:
+        _SHELL = _make_shell()
+    except ImportError:
+        _SHELL = None
+        return
+    # Run a throwaway cell so the lazy imports and caches of the first execution happen once
+    # here, not in every sandbox; then forget it.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        _SHELL.run_cell("import matplotlib.pyplot as _p\n_p.figure(); _p.plot([1])\n{'a': 1}")
+        _SHELL.run_cell("1/0")
+        _SHELL.reset(new_session=False)
+    _SHELL.execution_count = 1
+    _OUTPUTS.clear()
+    _RESULT.clear()
+
+
+def _jsonable(obj: Any) -> Any:
+    try:
+        return json.loads(json.dumps(obj, default=str))
+    except (TypeError, ValueError):
+        return None
+
+
+def _rich(outputs: list[dict[str, Any]], result: dict[str, Any]) -> dict[str, Any]:
+    rich: dict[str, Any] = {}
+    items = [*outputs, result["data"]] if "data" in result else list(outputs)
+    listed = []
+    for data in items:
+        for mime, key in (
+            ("image/png", "png"),
+            ("text/html", "html"),
+            ("image/svg+xml", "svg"),
+            ("text/markdown", "markdown"),
+            ("application/json", "json"),
+        ):
+            if mime in data:
+                value = data[mime]
+                if isinstance(value, bytes):
+                    value = base64.b64encode(value).decode()
+                rich.setdefault(key, value)
+                listed.append({"type": mime, "data": {mime: value}})
+    if "data" in result:
+        rich["result"] = result["data"].get("text/plain")
+    obj = result.get("obj")
+    if obj is not None:
+        if type(obj).__name__ == "DataFrame" and hasattr(obj, "to_json"):
+            frame = json.loads(obj.head(MAX_DF_ROWS).to_json(orient="split", default_handler=str))
+            frame["dtypes"] = {str(k): str(v) for k, v in obj.dtypes.items()}
+            frame["shape"] = list(obj.shape)
+            rich["dataframe"] = frame
+            rich.setdefault("json", {k: frame[k] for k in ("columns", "index", "data")})
+            listed.append({"type": "application/vnd.dataframe+json", "data": frame})
+        elif isinstance(obj, (dict, list)) and "json" not in rich:
+            rich["json"] = _jsonable(obj)
+    if listed:
+        rich["rich_outputs"] = listed
+    return rich
+
+
+def _execute(req: dict[str, Any]) -> dict[str, Any]:
+    _OUTPUTS.clear()
+    _RESULT.clear()
+    try:
+        os.chdir(req.get("workdir") or "/workspace")
+    except OSError as exc:
+        return {"success": False, "exit_code": 1, "error": f"bad workdir: {exc}"}
+    saved = {k: os.environ.get(k) for k in req.get("env", {})}
+    os.environ.update(req.get("base_env", {}))
+    os.environ.update(req.get("env", {}))
+    try:
+        res = _SHELL.run_cell(req["code"], store_history=True)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    err = res.error_before_exec or res.error_in_exec
+    out: dict[str, Any] = {"success": err is None, "exit_code": 0 if err is None else 1}
+    if err is not None:
+        out["error"] = {"ename": type(err).__name__, "evalue": str(err)}
+    out.update(_rich(_OUTPUTS, _RESULT))
+    return out
+
+
+def kernel_main(ctl_fd: int) -> NoReturn:
+    """Serve executions on `ctl_fd` (JSON lines) until agentd goes away."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    sys.stdin = open(os.devnull)  # noqa: SIM115
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
+    if _SHELL is None:
+        prewarm()
+    ctl = socket.socket(fileno=ctl_fd)
+    reader = ctl.makefile("rb")
+    while True:
+        req: dict[str, Any] | None = None
+        try:
+            line = reader.readline()
+            if not line:
+                os._exit(0)
+            req = json.loads(line)
+            if _SHELL is None:
+                reply: dict[str, Any] = {
+                    "success": False,
+                    "exit_code": 1,
+                    "error": "IPython is not installed in the sandbox's Python",
+                }
+            else:
+                reply = _execute(req)
+        except KeyboardInterrupt:
+            if req is None:  # an interrupt that arrived between executions: nothing to answer
+                continue
+            reply = {"success": False, "exit_code": 1, "error": {"ename": "KeyboardInterrupt"}}
+        reply["id"] = req.get("id")
+        ctl.sendall(json.dumps(reply, default=str).encode() + b"\n")

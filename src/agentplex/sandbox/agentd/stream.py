@@ -1,0 +1,192 @@
+"""WebSocket routes: /execute/stream (live output) and /terminal (a real PTY running bash)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import struct
+import termios
+import time
+from typing import Any
+
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from agentplex.sandbox.agentd.agent import Agent, parse_env, parse_timeout
+from agentplex.sandbox.agentd.errors import AgentError
+from agentplex.sandbox.agentd.processes import kill_group, make_victim
+
+
+def _agent(ws: WebSocket) -> Agent:
+    agent: Agent = ws.app.state.agent
+    return agent
+
+
+async def _run_one(ws: WebSocket, agent: Agent, msg: dict[str, Any]) -> None:
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    def sink(name: str, text: str) -> None:
+        queue.put_nowait({"type": name, "data": text, "timestamp": time.time()})
+
+    async def sender() -> None:
+        while (item := await queue.get()) is not None:
+            await ws.send_json(item)
+
+    task = asyncio.create_task(sender())
+    try:
+        lang = agent.language(msg.get("language"))
+        timeout = parse_timeout(msg.get("timeout"))
+        res = await agent.execute(
+            lang,
+            str(msg.get("code", "")),
+            workdir=agent.workdir(msg.get("workdir") or msg.get("working_dir")),
+            env=parse_env(msg.get("env")),
+            timeout=timeout,
+            sink=sink,
+        )
+    except AgentError as exc:
+        queue.put_nowait(None)
+        await task
+        await ws.send_json(
+            {"type": "error", "code": exc.code, "error": exc.message, "message": exc.message}
+        )
+        await ws.send_json({"type": "complete", "success": False})
+        return
+    queue.put_nowait(None)
+    await task
+    result: dict[str, Any] = {
+        "type": "result",
+        "exit_code": res.exit_code,
+        "execution_time": round(res.execution_time, 6),
+        "timed_out": res.timed_out,
+    }
+    result.update({k: v for k, v in res.extra.items() if k != "type"})
+    await ws.send_json(result)
+    if res.timed_out:
+        await ws.send_json(
+            {
+                "type": "error",
+                "code": "EXECUTION_TIMEOUT",
+                "error": f"execution timed out after {timeout:g}s",
+            }
+        )
+    await ws.send_json({"type": "complete", "success": res.exit_code == 0 and not res.timed_out})
+
+
+async def execute_stream(ws: WebSocket) -> None:
+    await ws.accept()
+    agent = _agent(ws)
+    try:
+        while True:
+            raw = await ws.receive_text()
+            try:
+                msg = json.loads(raw)
+            except ValueError:
+                msg = None
+            if not isinstance(msg, dict) or msg.get("type", "execute") != "execute":
+                await ws.send_json(
+                    {
+                        "type": "error",
+                        "code": "INVALID_REQUEST",
+                        "error": 'expected {"type": "execute", "code": ...}',
+                    }
+                )
+                continue
+            await _run_one(ws, agent, msg)
+    except WebSocketDisconnect:
+        return
+
+
+def _set_size(fd: int, cols: int, rows: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+async def _wait_exit(pid: int) -> int:
+    """Reap the shell without a thread (agentd stays single-threaded, so it can fork safely)."""
+    for _ in range(500):
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222
+        except ChildProcessError:
+            return -1
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        await asyncio.sleep(0.01)
+    return -1
+
+
+async def terminal(ws: WebSocket) -> None:
+    await ws.accept()
+    agent = _agent(ws)
+    shell = shutil.which("bash") or "/bin/sh"
+    env = agent.base_env()
+    cwd = agent.cfg.workspace_real
+    pid, master = os.forkpty()
+    if pid == 0:  # the shell
+        try:
+            os.chdir(cwd)
+            os.execve(shell, [shell, "-i"], env)  # noqa: S606
+        finally:
+            os._exit(127)
+    make_victim(pid)
+    _set_size(master, 80, 24)
+    os.set_blocking(master, False)
+    loop = asyncio.get_running_loop()
+    out: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def _readable() -> None:
+        try:
+            data = os.read(master, 65536)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: the shell and everything on the pty is gone
+            data = b""
+        if not data:
+            loop.remove_reader(master)
+        out.put_nowait(data or None)
+
+    loop.add_reader(master, _readable)
+
+    async def pump_out() -> None:
+        while (data := await out.get()) is not None:
+            await ws.send_json({"type": "output", "data": data.decode(errors="replace")})
+        code = await _wait_exit(pid)
+        with contextlib.suppress(Exception):
+            await ws.send_json({"type": "exit", "code": code})
+            await ws.close()
+
+    sender = asyncio.create_task(pump_out())
+    try:
+        while not sender.done():
+            receive = asyncio.create_task(ws.receive_json())
+            await asyncio.wait({receive, sender}, return_when=asyncio.FIRST_COMPLETED)
+            if not receive.done():
+                receive.cancel()
+                break
+            msg = receive.result()
+            if not isinstance(msg, dict):
+                continue
+            if msg.get("type") == "input":
+                os.write(master, str(msg.get("data", "")).encode())
+            elif msg.get("type") == "resize":
+                _set_size(master, int(msg.get("cols", 80)), int(msg.get("rows", 24)))
+    except (WebSocketDisconnect, RuntimeError, ValueError):
+        pass
+    finally:
+        kill_group(pid, signal.SIGHUP)
+        kill_group(pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sender, 2.0)
+        loop.remove_reader(master)
+        os.close(master)
+
+
+routes = [
+    WebSocketRoute("/execute/stream", execute_stream),
+    WebSocketRoute("/terminal", terminal),
+]

@@ -1,0 +1,182 @@
+"""Routes: /health, /info, /env (GET, PUT, PATCH, DELETE), /metrics/snapshot."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from agentplex.sandbox.agentd.agent import Agent, parse_env
+from agentplex.sandbox.agentd.errors import invalid
+from agentplex.sandbox.agentd.execute import json_body
+
+VERSION = "agentplex-agentd/1"
+
+
+def _agent(request: Request) -> Agent:
+    agent: Agent = request.app.state.agent
+    return agent
+
+
+async def health(request: Request) -> JSONResponse:
+    agent = _agent(request)
+    return JSONResponse(
+        {"status": "healthy", "version": VERSION, "uptime": round(time.time() - agent.started, 3)}
+    )
+
+
+def _languages() -> list[str]:
+    langs = ["python", "bash"]
+    if shutil.which("node"):
+        langs.append("javascript")
+    if shutil.which("go"):
+        langs.append("go")
+    return langs
+
+
+async def info(request: Request) -> JSONResponse:
+    agent = _agent(request)
+    return JSONResponse(
+        {
+            "agent": "agentd",
+            "version": VERSION,
+            "sandbox_id": agent.cfg.sandbox_id,
+            "template": agent.cfg.template,
+            "isolation": agent.cfg.isolation,
+            "workspace": agent.cfg.workspace,
+            "languages": _languages(),
+            "python_version": sys.version.split()[0],
+            "uptime": round(time.time() - agent.started, 3),
+            "features": [
+                "execute",
+                "commands",
+                "files",
+                "env",
+                "metrics",
+                "websocket",
+                "terminal",
+                "rich_output",
+                "background",
+            ],
+        }
+    )
+
+
+async def get_env(request: Request) -> JSONResponse:
+    return JSONResponse({"env_vars": _agent(request).env})
+
+
+async def put_env(request: Request) -> JSONResponse:
+    agent = _agent(request)
+    body = await json_body(request)
+    if "env_vars" not in body:
+        raise invalid("'env_vars' (an object) is required")
+    agent.set_env(parse_env(body["env_vars"]))
+    return JSONResponse({"env_vars": agent.env, "success": True})
+
+
+async def patch_env(request: Request) -> JSONResponse:
+    agent = _agent(request)
+    body = await json_body(request)
+    new = parse_env(body.get("env_vars"))
+    merged = {**agent.env, **new} if body.get("merge", True) else new
+    agent.set_env(merged)
+    return JSONResponse({"env_vars": agent.env, "success": True})
+
+
+async def delete_env(request: Request) -> JSONResponse:
+    agent = _agent(request)
+    keys = request.query_params.getlist("key") or request.query_params.getlist("keys")
+    agent.set_env({k: v for k, v in agent.env.items() if k not in keys} if keys else {})
+    return JSONResponse({"env_vars": agent.env, "success": True})
+
+
+def _meminfo() -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, value = line.split(":", 1)
+                out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def _proc_count() -> int:
+    return sum(1 for e in os.listdir("/proc") if e.isdigit())
+
+
+async def metrics(request: Request) -> JSONResponse:
+    agent = _agent(request)
+    mem = _meminfo()
+    total = mem.get("MemTotal", 0)
+    used = total - mem.get("MemAvailable", 0)
+    load = os.getloadavg()
+    cpus = os.cpu_count() or 1
+    disk = shutil.disk_usage(agent.cfg.workspace_real)
+    body: dict[str, Any] = {
+        "timestamp": time.time(),
+        "uptime": round(time.time() - agent.started, 3),
+        "system": {
+            "cpu": {"usage_percent": round(min(100.0, load[0] / cpus * 100), 2), "cores": cpus},
+            "memory": {
+                "total": total,
+                "used": used,
+                "usage_percent": round(used / total * 100, 2) if total else 0.0,
+            },
+            "disk": {"total": disk.total, "used": disk.used, "free": disk.free},
+        },
+        "process": {"count": _proc_count()},
+        "executions": {"total": agent.executions, "background": len(agent.procs.procs)},
+        "cache": {"size": 0},
+    }
+    return JSONResponse(body)
+
+
+async def configure(request: Request) -> JSONResponse:
+    """Host-only: adopt a pooled sandbox (its id, template and initial environment)."""
+    agent = _agent(request)
+    body = await json_body(request)
+    agent.cfg.sandbox_id = str(body.get("sandbox_id", agent.cfg.sandbox_id))
+    agent.cfg.template = str(body.get("template", agent.cfg.template))
+    agent.set_env(parse_env(body.get("env_vars")))
+    fsize = body.get("fsize_bytes")
+    if isinstance(fsize, int) and fsize > 0:  # only ever lowered: a pooled sandbox starts high
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if hard == resource.RLIM_INFINITY or fsize <= hard:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    return JSONResponse({"success": True})
+
+
+async def reset(request: Request) -> JSONResponse:
+    """Host-only: end every process but agentd (quota exceeded), saying why."""
+    agent = _agent(request)
+    body = await json_body(request)
+    reason = str(body.get("reason") or "the host stopped this sandbox's processes")
+    if body.get("quota_limit"):
+        agent.quota_limit = int(body["quota_limit"])
+    killed = agent.reset(reason)
+    return JSONResponse({"success": True, "killed": killed})
+
+
+routes = [
+    Route("/_configure", configure, methods=["POST"]),
+    Route("/_reset", reset, methods=["POST"]),
+    Route("/health", health, methods=["GET"]),
+    Route("/info", info, methods=["GET"]),
+    Route("/env", get_env, methods=["GET"]),
+    Route("/env", put_env, methods=["PUT", "POST"]),
+    Route("/env", patch_env, methods=["PATCH"]),
+    Route("/env", delete_env, methods=["DELETE"]),
+    Route("/metrics/snapshot", metrics, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

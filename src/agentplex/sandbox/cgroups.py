@@ -1,0 +1,163 @@
+"""cgroup v1 limits for sandboxes: memory, cpu, pids, and the freezer for pause/resume.
+
+Each sandbox gets `<controller>/<our own cgroup>/agentplex/<key>` in the memory, pids, cpu and
+freezer hierarchies, so sandboxes are accounted inside whatever limits the server itself runs
+under. When the hierarchies are missing or not writable, `CgroupRoot.detect()` returns None and
+sandboxes run without cgroup limits (the manager reports that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+from agentplex.sandbox.templates import Resources
+
+CONTROLLERS = ("memory", "pids", "cpu", "freezer")
+_FS = Path("/sys/fs/cgroup")
+
+
+def _own_paths() -> dict[str, str]:
+    paths: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, names, path = line.split(":", 2)
+            for name in names.split(","):
+                paths[name] = path
+    return paths
+
+
+class CgroupRoot:
+    """The `agentplex` parent cgroup in each controller hierarchy."""
+
+    def __init__(self, bases: dict[str, Path]) -> None:
+        self.bases = bases
+
+    @classmethod
+    def detect(cls, name: str = "agentplex") -> CgroupRoot | None:
+        """The writable v1 hierarchies nested under our own cgroup, or None."""
+        own = _own_paths()
+        bases: dict[str, Path] = {}
+        for ctrl in CONTROLLERS:
+            mount = _FS / ctrl
+            if not (mount / "cgroup.procs").exists():
+                return None
+            base = mount / own.get(ctrl, "/").lstrip("/") / name
+            try:
+                base.mkdir(exist_ok=True)
+                probe = base / ".probe"
+                probe.mkdir(exist_ok=True)
+                probe.rmdir()
+            except OSError:
+                return None
+            bases[ctrl] = base
+        return cls(bases)
+
+    def create(self, key: str) -> SandboxCgroup:
+        """Make (or reuse) the cgroups of one sandbox."""
+        dirs = {ctrl: base / key for ctrl, base in self.bases.items()}
+        for path in dirs.values():
+            path.mkdir(exist_ok=True)
+        return SandboxCgroup(dirs)
+
+    def sweep(self) -> None:
+        """Remove leftover sandbox cgroups of a previous server run (killing what is inside)."""
+        keys = {p.name for base in self.bases.values() for p in base.iterdir() if p.is_dir()}
+        for key in keys:
+            SandboxCgroup({c: b / key for c, b in self.bases.items()}).destroy()
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+class SandboxCgroup:
+    """The cgroups of one sandbox."""
+
+    def __init__(self, dirs: dict[str, Path]) -> None:
+        self.dirs = dirs
+
+    @property
+    def procs_files(self) -> list[str]:
+        """The `cgroup.procs` files a process writes its pid to, to join this sandbox."""
+        return [str(d / "cgroup.procs") for d in self.dirs.values()]
+
+    def set_limits(self, res: Resources) -> None:
+        """Apply memory (no swap), cpu quota and pid limits."""
+        mem = self.dirs["memory"]
+        limit = str(res.memory_mb * 1024 * 1024)
+        _write(mem / "memory.limit_in_bytes", limit)
+        with contextlib.suppress(OSError):  # only when swap accounting is enabled
+            _write(mem / "memory.memsw.limit_in_bytes", limit)
+        _write(self.dirs["pids"] / "pids.max", str(res.max_pids))
+        cpu = self.dirs["cpu"]
+        _write(cpu / "cpu.cfs_period_us", "100000")
+        _write(cpu / "cpu.cfs_quota_us", str(max(1000, int(res.vcpu * 100000))))
+
+    def pids(self) -> list[int]:
+        try:
+            text = (self.dirs["pids"] / "cgroup.procs").read_text()
+        except OSError:
+            return []
+        return [int(p) for p in text.split()]
+
+    def freeze(self, timeout: float = 2.0) -> bool:
+        """Freeze every process of the sandbox; True once the kernel reports FROZEN."""
+        state = self.dirs["freezer"] / "freezer.state"
+        _write(state, "FROZEN")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if state.read_text().strip() == "FROZEN":
+                return True
+            time.sleep(0.001)
+        return False
+
+    def thaw(self) -> None:
+        _write(self.dirs["freezer"] / "freezer.state", "THAWED")
+
+    def kill_all(self, timeout: float = 2.0) -> None:
+        """SIGKILL everything in the sandbox; freezing first so nothing forks away meanwhile."""
+        with contextlib.suppress(OSError):
+            self.freeze(timeout=0.5)
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            self.thaw()
+        deadline = time.monotonic() + timeout
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    def memory_usage(self) -> int:
+        try:
+            return int((self.dirs["memory"] / "memory.usage_in_bytes").read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def oom_kills(self) -> int:
+        """How many processes the OOM killer ended in this sandbox (0 if the kernel can't say)."""
+        try:
+            text = (self.dirs["memory"] / "memory.oom_control").read_text()
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+        return 0
+
+    def destroy(self) -> None:
+        """Kill what is left and remove the cgroups."""
+        self.kill_all()
+        for path in self.dirs.values():
+            for _ in range(50):
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)

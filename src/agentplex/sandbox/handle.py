@@ -1,0 +1,129 @@
+"""SandboxHandle: one sandbox as the HTTP layer sees it.
+
+    status, headers, body = await handle.request("POST", "/execute", json={"code": "print(1)"})
+    async with handle.websocket("/execute/stream") as ws:   # a websockets ClientConnection
+        await ws.send(json.dumps({"type": "execute", "code": "print(1)"}))
+        print(await ws.recv())
+
+`request` forwards one HTTP request to the sandbox's agentd over its unix socket and returns the
+answer untouched (status, headers, raw body), so a proxy route can relay it as is. `websocket`
+opens a WebSocket to agentd over the same socket; relay frames both ways to proxy
+/execute/stream and /terminal. Both raise SandboxNotRunning unless the sandbox is running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agentplex.sandbox.errors import SandboxNotRunning
+from agentplex.sandbox.state import SandboxState
+from agentplex.sandbox.templates import Template
+
+
+@dataclass
+class SandboxHandle:
+    id: str
+    template: Template
+    internet_access: bool
+    env_vars: dict[str, str]
+    created_at: float
+    isolation: str  # "bubblewrap" or "none"
+    workspace: Path  # host path of /workspace
+    state: SandboxState = SandboxState.CREATING
+    socket_path: Path | None = None
+    reason: str = ""  # why the sandbox last stopped on its own (OOM, quota, crash), if it did
+    _key: str = field(default="", repr=False)
+    _client: httpx.AsyncClient | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (the HTTP layer adds tokens, hosts and expiry)."""
+        res = self.template.resources
+        return {
+            "id": self.id,
+            "status": self.state.value,
+            "template_id": self.template.id,
+            "template_name": self.template.name,
+            "language": self.template.language,
+            "resources": {"vcpu": res.vcpu, "memory_mb": res.memory_mb, "disk_mb": res.disk_mb},
+            "internet_access": self.internet_access,
+            "isolation": self.isolation,
+            "created_at": self.created_at,
+            "reason": self.reason or None,
+        }
+
+    def _running_socket(self) -> str:
+        if self.state is not SandboxState.RUNNING or self.socket_path is None:
+            raise SandboxNotRunning(
+                f"sandbox {self.id} is {self.state.value}; start or resume it first"
+            )
+        return str(self.socket_path)
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            # verify=False: no TLS on a unix socket, and loading the CA bundle costs ~20 ms
+            transport = httpx.AsyncHTTPTransport(uds=self._running_socket(), verify=False)
+            self._client = httpx.AsyncClient(
+                transport=transport,
+                base_url="http://sandbox",
+                timeout=None,  # noqa: S113
+            )
+        return self._client
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Any = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """Send one HTTP request to agentd; (status, headers, body) exactly as agentd answered."""
+        self._running_socket()
+        try:
+            resp = await self._http().request(
+                method,
+                path,
+                json=json,
+                params=params,
+                content=content,
+                headers=headers,
+                timeout=timeout,
+            )
+        except httpx.TransportError as exc:
+            raise SandboxNotRunning(
+                f"sandbox {self.id}'s agent is not answering ({exc.__class__.__name__});"
+                f" {self.reason or 'it may have been killed'}"
+            ) from exc
+        return resp.status_code, resp.headers, resp.content
+
+    @contextlib.asynccontextmanager
+    async def websocket(
+        self, path: str, *, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[Any]:
+        """A `websockets` client connection to agentd's `path` (e.g. /terminal)."""
+        from websockets.asyncio.client import unix_connect
+
+        sock = self._running_socket()
+        async with unix_connect(
+            sock,
+            f"ws://sandbox{path}",
+            additional_headers=headers,
+            max_size=None,
+            ping_interval=None,
+        ) as ws:
+            yield ws
+
+    async def aclose(self) -> None:
+        """Drop the pooled connections to agentd (the manager calls this on stop/delete)."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()

@@ -1,0 +1,212 @@
+"""Launcher: turns "start a sandbox for this workspace" into a zygote request, and ends it.
+
+It owns the mechanics shared by fresh and pooled sandboxes: runtime directories, cgroups, the
+bubblewrap command line, killing, freezing and thawing a sandbox's process tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agentplex.sandbox.bwrap import bwrap_command, exposed_trees
+from agentplex.sandbox.cgroups import CgroupRoot, SandboxCgroup
+from agentplex.sandbox.isolation import IsolationInfo
+from agentplex.sandbox.templates import Template
+from agentplex.sandbox.zygote_client import ZygoteClient
+
+SOCKET_NAME = "a.sock"
+MB = 1024 * 1024
+
+
+@dataclass
+class Runtime:
+    """The live part of a running sandbox."""
+
+    key: str
+    runtime_dir: Path
+    cgroup: SandboxCgroup | None
+    bwrap_pid: int
+    agentd_pid: int
+    internet: bool
+
+    @property
+    def socket_path(self) -> Path:
+        return self.runtime_dir / SOCKET_NAME
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _signal_tree(root: int, sig: int) -> None:
+    for pid in _descendants(root):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+class Launcher:
+    def __init__(
+        self,
+        *,
+        isolation: IsolationInfo,
+        zygote: ZygoteClient,
+        cgroups: CgroupRoot | None,
+        run_dir: Path,
+        hidden: list[Path],
+        sandbox_uid: int | None,
+        eager_kernel: bool = True,
+    ) -> None:
+        self.eager_kernel = eager_kernel
+        self.isolation = isolation
+        self.zygote = zygote
+        self.cgroups = cgroups
+        self.run_dir = run_dir
+        self.hidden = hidden
+        self.uid = sandbox_uid if os.geteuid() == 0 else None
+        self._bwrap: dict[bool, list[str]] = {}
+        self._exposed = exposed_trees()
+
+    def _bwrap_args(self, internet: bool) -> list[str]:
+        if internet not in self._bwrap:
+            bwrap = shutil.which("bwrap") or "bwrap"
+            self._bwrap[internet] = bwrap_command(bwrap, hidden=self.hidden, internet=internet)
+        return self._bwrap[internet]
+
+    def _own(self, path: Path) -> None:
+        if self.uid is not None and self.isolation.isolated:
+            os.chown(path, self.uid, self.uid)
+
+    @staticmethod
+    def environ() -> dict[str, str]:
+        """agentd's own environment: nothing of the server's (keys, database URLs) leaks in."""
+        return {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "HOME": "/workspace",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        }
+
+    async def spawn(
+        self,
+        key: str,
+        sandbox_dir: Path,
+        *,
+        template: Template,
+        internet: bool,
+        env_vars: dict[str, str],
+        sandbox_id: str,
+    ) -> Runtime:
+        """Start agentd for the workspace in `sandbox_dir`; returns once it accepts requests."""
+        runtime = self.run_dir / key
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        self._own(runtime)
+        workspace = sandbox_dir / "workspace"
+        workspace.mkdir(parents=True, exist_ok=True)
+        self._own(workspace)
+        isolated = self.isolation.isolated
+        if isolated:
+            (runtime / "ws").mkdir(exist_ok=True)  # where the zygote binds the workspace
+        else:
+            (runtime / "tmp").mkdir(exist_ok=True)
+            link = runtime / "workspace"
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            link.symlink_to(workspace)
+        cgroup = self.cgroups.create(key) if self.cgroups else None
+        if cgroup is not None:
+            cgroup.set_limits(template.resources)
+        agentd: dict[str, Any] = {
+            "socket_path": f"/run/agentd/{SOCKET_NAME}" if isolated else str(runtime / SOCKET_NAME),
+            "workspace": "/workspace",
+            "workspace_real": "/workspace" if isolated else str(runtime / "workspace"),
+            "tmp_real": "/tmp" if isolated else str(runtime / "tmp"),  # noqa: S108
+            "state_dir": "/run/agentd" if isolated else str(runtime),
+            "env_vars": env_vars,
+            "isolation": self.isolation.kind,
+            "sandbox_id": sandbox_id,
+            "template": template.id,
+            "eager_kernel": self.eager_kernel and template.language == "python",
+        }
+        req = {
+            "key": key,
+            "bwrap": self._bwrap_args(internet) if isolated else None,
+            "expose": self._exposed if isolated else None,
+            "cgroup_procs": cgroup.procs_files if cgroup else [],
+            "uid": self.uid,
+            "log": str(runtime / "bwrap.log"),
+            "workspace": str(workspace),
+            "runtime": str(runtime),
+            "fsize_bytes": template.resources.disk_mb * MB,
+            "environ": self.environ(),
+            "agentd": agentd,
+        }
+        try:
+            msg = await self.zygote.spawn(req)
+        except BaseException:
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.destroy)
+            shutil.rmtree(runtime, ignore_errors=True)
+            raise
+        return Runtime(key, runtime, cgroup, msg["bwrap_pid"], msg["agentd_pid"], internet)
+
+    def retarget(self, rt: Runtime, sandbox_dir: Path, template: Template) -> None:
+        """Point a pooled sandbox at its new home and its template's limits."""
+        if not self.isolation.isolated:
+            link = rt.runtime_dir / "workspace"
+            tmp = rt.runtime_dir / "workspace.new"
+            tmp.symlink_to(sandbox_dir / "workspace")
+            os.replace(tmp, link)
+        if rt.cgroup is not None:
+            rt.cgroup.set_limits(template.resources)
+
+    async def kill(self, rt: Runtime) -> None:
+        """End every process of the sandbox (files stay)."""
+        if rt.cgroup is not None:
+            await asyncio.to_thread(rt.cgroup.kill_all)
+        root = rt.bwrap_pid or rt.agentd_pid
+        if root:
+            await asyncio.to_thread(_signal_tree, root, signal.SIGKILL)
+
+    async def destroy(self, rt: Runtime) -> None:
+        """Kill, then remove the sandbox's cgroups and runtime directory."""
+        await self.kill(rt)
+        if rt.cgroup is not None:
+            await asyncio.to_thread(rt.cgroup.destroy)
+        await asyncio.to_thread(shutil.rmtree, rt.runtime_dir, True)
+
+    async def freeze(self, rt: Runtime) -> None:
+        if rt.cgroup is not None:
+            ok = await asyncio.to_thread(rt.cgroup.freeze)
+            if ok:
+                return
+            rt.cgroup.thaw()
+        await asyncio.to_thread(_signal_tree, rt.bwrap_pid or rt.agentd_pid, signal.SIGSTOP)
+
+    async def thaw(self, rt: Runtime) -> None:
+        if rt.cgroup is not None:
+            await asyncio.to_thread(rt.cgroup.thaw)
+        await asyncio.to_thread(_signal_tree, rt.bwrap_pid or rt.agentd_pid, signal.SIGCONT)

@@ -1,0 +1,153 @@
+"""The Hopx control plane over real bubblewrap sandboxes, through a loopback server."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from agentplex.settings import Settings
+from tests.conftest import LiveServer, SettingsFactory
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory) -> Settings:
+    return make_settings(sandbox={"pool_size": 1, "sweep_seconds": 0.2})
+
+
+def _create(http: httpx.Client, **body: object) -> dict:
+    response = http.post("/v1/sandboxes", json={"template_name": "bash", **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_lifecycle_bodies_and_states(live_server: LiveServer) -> None:
+    with httpx.Client(base_url=live_server.url, timeout=30) as http:
+        created = _create(http, env_vars={"A": "1"}, timeout_seconds=600)
+        assert created["status"] == "running"
+        assert created["auth_token"].startswith("sbt_") and created["token_expires_at"]
+        assert created["public_host"] == f"{live_server.url}/sandboxes/{created['id']}"
+        assert set(created) >= {"template_id", "resources", "internet_access", "expires_at"}
+        sid, token = created["id"], created["auth_token"]
+        data = httpx.Client(
+            base_url=created["public_host"],
+            timeout=30,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert data.get("/health").json()["status"] == "healthy"
+        data.post("/files/write", json={"path": "/workspace/keep.txt", "content": "kept"})
+
+        assert http.post(f"/v1/sandboxes/{sid}/stop").json()["status"] == "stopped"
+        blocked = data.post("/execute", json={"language": "bash", "code": "echo hi"})
+        assert blocked.status_code == 409 and blocked.json()["code"] == "INVALID_STATE"
+        assert http.post(f"/v1/sandboxes/{sid}/start").json()["status"] == "running"
+        assert (
+            data.get("/files/read", params={"path": "/workspace/keep.txt"}).json()["content"]
+            == "kept"
+        )
+
+        paused = http.post(f"/v1/sandboxes/{sid}/pause")
+        assert paused.json()["status"] == "paused"
+        again = http.post(f"/v1/sandboxes/{sid}/pause")
+        assert again.status_code == 409 and again.json()["code"] == "INVALID_STATE"
+        assert http.post(f"/v1/sandboxes/{sid}/resume").json()["status"] == "running"
+
+        refreshed = http.post(f"/v1/sandboxes/{sid}/token/refresh").json()
+        assert refreshed["auth_token"] != token
+
+        listing = http.get("/v1/sandboxes", params={"limit": 1}).json()
+        assert listing["data"][0]["id"] == sid and listing["has_more"] is False
+        assert http.get("/v1/sandboxes", params={"status": "paused"}).json()["data"] == []
+
+        deleted = http.delete(f"/v1/sandboxes/{sid}")
+        assert deleted.status_code == 200 and deleted.json()["status"] == "deleted"
+        missing = http.get(f"/v1/sandboxes/{sid}")
+        assert missing.status_code == 404 and missing.json()["code"] == "SANDBOX_NOT_FOUND"
+        data.close()
+
+
+def test_bad_input_is_answered_in_the_hopx_envelope(live_server: LiveServer) -> None:
+    with httpx.Client(base_url=live_server.url, timeout=30) as http:
+        unknown = http.post("/v1/sandboxes", json={"template_name": "cobol"})
+        assert unknown.status_code == 404 and unknown.json()["code"] == "TEMPLATE_NOT_FOUND"
+        bad = http.post("/v1/sandboxes", json={"timeout_seconds": "soon"})
+        assert bad.status_code == 400 and bad.json()["code"] == "INVALID_REQUEST"
+        malformed = http.post(
+            "/v1/sandboxes", content=b"{", headers={"content-type": "application/json"}
+        )
+        assert malformed.status_code == 400
+        assert http.get("/v1/sandboxes", params={"cursor": "!!"}).status_code == 400
+        builtin = http.delete("/v1/templates/python")
+        assert builtin.status_code == 409
+        assert http.get("/v1/templates/python").json()["language"] == "python"
+
+
+def test_timeout_is_enforced(live_server: LiveServer) -> None:
+    with httpx.Client(base_url=live_server.url, timeout=30) as http:
+        sid = _create(http, timeout_seconds=1)["id"]
+        deadline = time.monotonic() + 10
+        while http.get(f"/v1/sandboxes/{sid}").json()["status"] != "stopped":
+            assert time.monotonic() < deadline, "sandbox outlived its timeout"
+            time.sleep(0.2)
+        assert http.get(f"/v1/sandboxes/{sid}").json()["status_reason"] == "timeout expired"
+
+
+def test_tokens_are_scoped_to_their_sandbox(make_settings: SettingsFactory) -> None:
+    settings = make_settings(sandbox={"pool_size": 1}, auth={"api_key": "admin-key"})
+    with (
+        LiveServer(settings) as server,
+        httpx.Client(base_url=server.url, timeout=30, headers={"X-API-Key": "admin-key"}) as http,
+    ):
+        one, two = _create(http), _create(http)
+        own = {"Authorization": f"Bearer {one['auth_token']}"}
+        ok = httpx.post(
+            f"{one['public_host']}/commands/run",
+            json={"command": "echo ok"},
+            headers=own,
+            timeout=30,
+        )
+        assert ok.status_code == 200 and ok.json()["stdout"].strip() == "ok"
+        other = httpx.post(
+            f"{two['public_host']}/commands/run",
+            json={"command": "echo x"},
+            headers=own,
+            timeout=30,
+        )
+        assert other.status_code == 403
+        control = httpx.get(f"{server.url}/v1/sandboxes", headers=own)
+        assert control.status_code == 401
+        # an API key of the environment also opens the data plane
+        by_key = httpx.post(
+            f"{two['public_host']}/commands/run",
+            json={"command": "echo k"},
+            headers={"X-API-Key": "admin-key"},
+            timeout=30,
+        )
+        assert by_key.json()["stdout"].strip() == "k"
+        hidden = httpx.post(f"{two['public_host']}/_reset", headers={"X-API-Key": "admin-key"})
+        assert hidden.status_code == 404
+
+
+def test_sandboxes_come_back_stopped_after_a_restart(settings: Settings) -> None:
+    with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        created = _create(http)
+        sid = created["id"]
+        httpx.post(
+            f"{created['public_host']}/files/write",
+            timeout=30,
+            headers={"Authorization": f"Bearer {created['auth_token']}"},
+            json={"path": "/workspace/state.txt", "content": "survives"},
+        )
+    with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        record = http.get(f"/v1/sandboxes/{sid}").json()
+        assert record["status"] == "stopped"
+        assert "restarted" in record["status_reason"]
+        assert http.post(f"/v1/sandboxes/{sid}/start").json()["status"] == "running"
+        read = httpx.get(
+            f"{server.url}/sandboxes/{sid}/files/read",
+            timeout=30,
+            params={"path": "/workspace/state.txt"},
+        )
+        assert read.json()["content"] == "survives"
+        http.delete(f"/v1/sandboxes/{sid}")

@@ -1,0 +1,273 @@
+"""Integration: real bubblewrap sandboxes driven through SandboxManager and agentd."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+
+import pytest
+
+from agentplex.sandbox import SandboxManager, SandboxNotRunning, SandboxState
+from tests.sandbox.conftest import call, run
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+async def test_isolation_is_bubblewrap(manager: SandboxManager) -> None:
+    assert manager.isolation.kind == "bubblewrap"
+    handle = await manager.create()
+    assert handle.isolation == "bubblewrap" and handle.state is SandboxState.RUNNING
+    status, body = await call(handle, "GET", "/health")
+    assert (status, body["status"]) == (200, "healthy")
+    out = await run(handle, "id -u; grep CapEff /proc/self/status", "bash")
+    assert out["stdout"].split()[0] == "1000"
+    assert out["stdout"].split()[-1] == "0000000000000000"
+    await manager.delete(handle.id)
+
+
+async def test_python_state_persists_and_rich_output(manager: SandboxManager) -> None:
+    h = await manager.create("python", env_vars={"GREETING": "hi"})
+    assert (await run(h, "x = 40"))["success"]
+    out = await run(h, "import os\nprint(x + 2, os.environ['GREETING'])")
+    assert out["stdout"] == "42 hi\n" and out["exit_code"] == 0
+    out = await run(h, "{'a': 1, 'b': [1, 2]}")
+    assert out["json"] == {"a": 1, "b": [1, 2]}
+    out = await run(h, "import pandas as pd\npd.DataFrame({'n': [1, 2], 's': ['a', 'b']})")
+    assert "<table" in out["html"]
+    assert out["dataframe"]["columns"] == ["n", "s"] and out["dataframe"]["data"] == [
+        [1, "a"],
+        [2, "b"],
+    ]
+    out = await run(h, "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.title('t')")
+    assert base64.b64decode(out["png"]).startswith(b"\x89PNG")
+    out = await run(h, "1 / 0")
+    assert not out["success"] and "ZeroDivisionError" in out["stderr"]
+    await manager.delete(h.id)
+
+
+async def test_bash_node_and_commands(manager: SandboxManager) -> None:
+    h = await manager.create("bash")
+    out = await run(h, "echo out; echo err >&2; exit 3", "bash")
+    assert (out["stdout"], out["stderr"], out["exit_code"], out["success"]) == (
+        "out\n",
+        "err\n",
+        3,
+        False,
+    )
+    if shutil.which("node"):
+        out = await run(h, "console.log(6 * 7)", "javascript")
+        assert out["stdout"] == "42\n"
+    status, body = await call(
+        h,
+        "POST",
+        "/commands/run",
+        json={"command": "bash", "args": ["-c", "pwd; echo $V"], "env": {"V": "v"}},
+    )
+    assert status == 200 and body["stdout"] == "/workspace\nv\n" and body["exit_code"] == 0
+    status, body = await call(h, "POST", "/commands/run", json={"command": "ls /nope"})
+    assert status == 200 and body["exit_code"] != 0 and "No such file" in body["stderr"]
+    status, body = await call(h, "POST", "/execute", json={"code": "1", "language": "cobol"})
+    assert status == 400 and body["code"] == "INVALID_REQUEST"
+    await manager.delete(h.id)
+
+
+async def test_env_routes(manager: SandboxManager) -> None:
+    h = await manager.create("bash", env_vars={"A": "1"})
+    assert (await call(h, "GET", "/env"))[1]["env_vars"] == {"A": "1"}
+    await call(h, "PATCH", "/env", json={"env_vars": {"B": "2"}, "merge": True})
+    assert (await call(h, "GET", "/env"))[1]["env_vars"] == {"A": "1", "B": "2"}
+    await call(h, "PUT", "/env", json={"env_vars": {"C": "3"}})
+    out = await run(h, "echo ${A:-none} $C $D", "bash", env={"D": "4"})
+    assert out["stdout"] == "none 3 4\n"
+    await manager.delete(h.id)
+
+
+async def test_files_round_trip(manager: SandboxManager) -> None:
+    h = await manager.create("bash")
+    status, _ = await call(
+        h, "POST", "/files/write", json={"path": "dir/a.txt", "content": "héllo"}
+    )
+    assert status == 200
+    assert (await call(h, "GET", "/files/read", params={"path": "/workspace/dir/a.txt"}))[1][
+        "content"
+    ] == "héllo"
+    assert (h.workspace / "dir" / "a.txt").read_text() == "héllo"
+    status, body = await call(h, "GET", "/files/list", params={"path": "/workspace/dir"})
+    entry = body["files"][0]
+    assert (entry["name"], entry["path"], entry["size"], entry["is_directory"]) == (
+        "a.txt",
+        "/workspace/dir/a.txt",
+        6,
+        False,
+    )
+    assert {"permissions", "modified_time"} <= set(entry)
+    blob = bytes(range(256))
+    status, _, _ = await h.request(
+        "POST",
+        "/files/upload",
+        content=_multipart(blob),
+        headers={"content-type": "multipart/form-data; boundary=XX"},
+    )
+    assert status == 200
+    status, _, raw = await h.request("GET", "/files/download", params={"path": "up/b.bin"})
+    assert status == 200 and raw == blob
+    assert (await call(h, "GET", "/files/exists", params={"path": "up/b.bin"}))[1]["exists"] is True
+    assert (await call(h, "POST", "/files/mkdir", json={"path": "/tmp/t/u"}))[0] == 200
+    assert (await call(h, "DELETE", "/files/remove", params={"path": "up"}))[0] == 200
+    assert (await call(h, "GET", "/files/exists", params={"path": "up/b.bin"}))[1][
+        "exists"
+    ] is False
+    status, body = await call(h, "GET", "/files/read", params={"path": "missing.txt"})
+    assert (status, body["code"]) == (404, "FILE_NOT_FOUND")
+    status, _, raw = await h.request("GET", "/files/read", params={"path": "/etc/passwd"})
+    assert status == 403 and json.loads(raw)["code"] == "PATH_NOT_ALLOWED"
+    status, headers, _ = await h.request("GET", "/files/read", params={"path": "../x"})
+    assert status == 403 and headers["x-request-id"]
+    await manager.delete(h.id)
+
+
+def _multipart(blob: bytes) -> bytes:
+    return (
+        b'--XX\r\nContent-Disposition: form-data; name="path"\r\n\r\n/workspace/up/b.bin\r\n'
+        b'--XX\r\nContent-Disposition: form-data; name="file"; filename="b.bin"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n" + blob + b"\r\n--XX--\r\n"
+    )
+
+
+async def test_timeout_interrupts_and_keeps_sandbox_usable(manager: SandboxManager) -> None:
+    h = await manager.create("python")
+    await run(h, "kept = 'yes'")
+    status, body = await call(
+        h, "POST", "/execute", json={"code": "while True: pass", "timeout": 1}
+    )
+    assert status == 408 and body["code"] == "EXECUTION_TIMEOUT" and "timed out" in body["message"]
+    assert (await run(h, "print(kept)"))["stdout"] == "yes\n"  # interrupted, state kept
+    status, body = await call(
+        h, "POST", "/execute", json={"code": "sleep 30", "language": "bash", "timeout": 1}
+    )
+    assert status == 408 and body["details"]["exit_code"] == 124
+    assert (await run(h, "echo still here", "bash"))["stdout"] == "still here\n"
+    await manager.delete(h.id)
+
+
+async def test_background_processes(manager: SandboxManager) -> None:
+    h = await manager.create("python")
+    status, body = await call(
+        h, "POST", "/execute/background", json={"code": "import time; time.sleep(30)"}
+    )
+    assert status == 200 and body["status"] == "running"
+    pid = body["process_id"]
+    procs = (await call(h, "GET", "/execute/processes"))[1]["processes"]
+    assert [p["status"] for p in procs if p["process_id"] == pid] == ["running"]
+    assert (await call(h, "POST", f"/execute/kill/{pid}"))[0] == 200
+    await asyncio.sleep(0.3)
+    procs = (await call(h, "GET", "/execute/processes"))[1]["processes"]
+    assert [p["status"] for p in procs if p["process_id"] == pid] == ["killed"]
+    status, body = await call(
+        h, "POST", "/commands/background", json={"command": "echo bg > /workspace/bg.txt"}
+    )
+    assert status == 200 and body["process_id"]
+    await asyncio.sleep(0.5)
+    assert (h.workspace / "bg.txt").read_text() == "bg\n"
+    await manager.delete(h.id)
+
+
+async def test_stop_start_pause_resume_delete(manager: SandboxManager) -> None:
+    h = await manager.create("bash", env_vars={"K": "v"})
+    await call(h, "POST", "/files/write", json={"path": "keep.txt", "content": "kept"})
+    await call(h, "PATCH", "/env", json={"env_vars": {"L": "w"}})
+    await manager.stop(h.id)
+    assert h.state is SandboxState.STOPPED and (h.workspace / "keep.txt").exists()
+    with pytest.raises(SandboxNotRunning):
+        await h.request("GET", "/health")
+    await manager.start(h.id)
+    assert h.state is SandboxState.RUNNING
+    out = await run(h, 'cat keep.txt; echo " $K $L"', "bash")
+    assert out["stdout"] == "kept v w\n"
+
+    out = await run(h, "(while true; do echo . >> gone; sleep 0.05; done) & echo started", "bash")
+    assert out["stdout"] == "started\n"  # returns at once: leftovers of /execute are ended
+    await call(
+        h,
+        "POST",
+        "/commands/background",
+        json={"command": "while true; do echo . >> ticks; sleep 0.05; done"},
+    )
+    await asyncio.sleep(0.3)
+    await manager.pause(h.id)
+    assert h.state is SandboxState.PAUSED
+    with pytest.raises(SandboxNotRunning):
+        await h.request("GET", "/health")
+    size = (h.workspace / "ticks").stat().st_size
+    await asyncio.sleep(0.4)
+    assert (h.workspace / "ticks").stat().st_size == size  # frozen: nothing ran
+    await manager.resume(h.id)
+    await asyncio.sleep(0.3)
+    assert (h.workspace / "ticks").stat().st_size > size
+    assert (await call(h, "GET", "/health"))[0] == 200
+
+    home = h.workspace.parent
+    await manager.delete(h.id)
+    assert not home.exists()
+    assert h.id not in {x.id for x in manager.list()}
+
+
+async def test_websocket_execute_stream_and_terminal(manager: SandboxManager) -> None:
+    h = await manager.create("python")
+    async with h.websocket("/execute/stream") as ws:
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "execute",
+                    "language": "python",
+                    "code": "import time\nfor i in range(3):\n"
+                    "    print(i, flush=True); time.sleep(0.05)",
+                }
+            )
+        )
+        msgs = []
+        while True:
+            msg = json.loads(await ws.recv())
+            msgs.append(msg)
+            if msg["type"] == "complete":
+                break
+    assert "".join(m["data"] for m in msgs if m["type"] == "stdout") == "0\n1\n2\n"
+    assert all("timestamp" in m for m in msgs if m["type"] == "stdout")
+    assert [m["type"] for m in msgs[-2:]] == ["result", "complete"] and msgs[-1]["success"] is True
+    assert msgs[-2]["exit_code"] == 0
+
+    async with h.websocket("/terminal") as ws:
+        await ws.send(json.dumps({"type": "resize", "cols": 100, "rows": 30}))
+        await ws.send(
+            json.dumps({"type": "input", "data": "stty size; echo mark-$((6*7)); exit 5\n"})
+        )
+        seen, code = "", None
+        async with asyncio.timeout(10):
+            while code is None:
+                msg = json.loads(await ws.recv())
+                if msg["type"] == "output":
+                    seen += msg["data"]
+                elif msg["type"] == "exit":
+                    code = msg["code"]
+    assert "mark-42" in seen and "30 100" in seen and code == 5
+    await manager.delete(h.id)
+
+
+async def test_records_survive_manager_restart(manager: SandboxManager) -> None:
+    h = await manager.create("bash")
+    await call(h, "POST", "/files/write", json={"path": "f", "content": "x"})
+    async with SandboxManager(
+        manager.data_dir,
+        pool_size=0,
+        quota_interval=0,
+        runtime_dir=manager.run_dir.with_name(manager.run_dir.name + "-b"),
+        preload_scientific=False,
+    ) as second:
+        again = second.get(h.id)
+        assert again.state is SandboxState.STOPPED and "restarted" in again.reason
+        await second.start(h.id)
+        assert (await run(again, "cat f", "bash"))["stdout"] == "x"
+        await second.stop(h.id)
+    await manager.delete(h.id)

@@ -1,0 +1,174 @@
+"""Escape attempts against real sandboxes: each must fail, and everything else keep working."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import pytest
+
+from agentplex.sandbox import Resources, SandboxManager, Template
+from tests.sandbox.conftest import call, run
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SMALL = Template(
+    id="small",
+    name="small",
+    display_name="Small",
+    language="bash",
+    resources=Resources(vcpu=0.5, memory_mb=128, disk_mb=8, max_pids=64),
+)
+
+
+async def test_filesystem_outside_workspace_is_read_only_or_hidden(manager: SandboxManager) -> None:
+    h = await manager.create("bash")
+    other = await manager.create("bash")
+    (other.workspace / "secret.txt").write_text("other's secret")
+    for attempt in (
+        "echo x > /etc/evil",
+        "echo x > /usr/evil",
+        "mkdir /evil",
+        "cat /etc/shadow",
+        f"ls {manager.data_dir}",
+        f"cat {other.workspace}/secret.txt",
+        f"ls {manager.run_dir}",
+        "cat /root/.bash_history",
+    ):
+        out = await run(h, attempt, "bash")
+        assert out["exit_code"] != 0, (attempt, out)
+    assert not os.path.exists("/etc/evil") and not os.path.exists("/usr/evil")
+    out = await run(h, "ls /run/agentd; ls /workspace", "bash")
+    assert "secret.txt" not in out["stdout"]
+    # the test's data dir is under /tmp, which inside the sandbox is the sandbox's own /tmp
+    _status, body = await call(
+        h, "GET", "/files/read", params={"path": f"{other.workspace}/secret.txt"}
+    )
+    assert body["code"] in ("PATH_NOT_ALLOWED", "FILE_NOT_FOUND") and "content" not in body
+    await manager.delete(other.id)
+    await manager.delete(h.id)
+
+
+async def test_no_network_without_internet_access(manager: SandboxManager) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    probe = (
+        f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+        "print('connected')"
+    )
+    try:
+        h = await manager.create("python")
+        out = await run(h, probe)
+        assert "connected" not in out["stdout"] and "ConnectionRefused" in out["stderr"]
+        out = await run(h, "import socket; socket.create_connection(('1.1.1.1', 53), timeout=2)")
+        assert not out["success"]
+        net = await manager.create("python", internet_access=True)
+        assert (await run(net, probe))["stdout"] == "connected\n"  # the flag really opens it
+        await manager.delete(net.id)
+        await manager.delete(h.id)
+    finally:
+        server.close()
+
+
+async def test_host_processes_are_invisible_and_unsignalable(manager: SandboxManager) -> None:
+    h = await manager.create("bash")
+    me = os.getpid()
+    out = await run(h, f"kill -0 {me} && echo reached; ls /proc | grep -c '^[0-9]'", "bash")
+    assert "reached" not in out["stdout"]
+    assert int(out["stdout"].split()[-1]) < 15  # only the sandbox's own few processes
+    out = await run(h, "kill -9 1; echo done", "bash")
+    assert (await call(h, "GET", "/health"))[0] == 200  # the sandbox's init ignores it
+    await manager.delete(h.id)
+
+
+async def test_memory_bomb_ends_only_that_work(manager: SandboxManager) -> None:
+    bystander = await manager.create("python")
+    await run(bystander, "alive = True")
+    h = await manager.create(
+        Template(
+            id="m",
+            name="m",
+            display_name="m",
+            language="python",
+            resources=Resources(memory_mb=160, disk_mb=64),
+        )
+    )
+    await run(h, "before = 1")
+    out = await run(h, "x = b'x' * (600 * 1024 * 1024)", timeout=20)
+    assert not out["success"]
+    assert "out of memory" in out["stderr"] or "MemoryError" in out["stderr"]
+    assert (await run(h, "print('back')"))["stdout"] == "back\n"  # fresh kernel, sandbox usable
+    out = await run(
+        h, "head -c 400M /dev/zero | tail -c 1 > /dev/null; echo rc=$?", "bash", timeout=20
+    )
+    assert (await call(h, "GET", "/health"))[0] == 200
+    assert (await run(bystander, "print(alive)"))["stdout"] == "True\n"
+    await manager.delete(h.id)
+    await manager.delete(bystander.id)
+
+
+async def test_fork_bomb_is_contained(manager: SandboxManager) -> None:
+    bystander = await manager.create("bash")
+    h = await manager.create(SMALL)
+    status, _body = await call(
+        h,
+        "POST",
+        "/execute",
+        json={"language": "bash", "timeout": 3, "code": "bomb() { bomb | bomb & }; bomb; wait"},
+    )
+    assert status in (200, 408)
+    await asyncio.sleep(0.2)
+    out = await run(h, "echo recovered", "bash")
+    assert out["stdout"] == "recovered\n"
+    assert (await run(bystander, "echo fine", "bash"))["stdout"] == "fine\n"
+    await manager.delete(h.id)
+    await manager.delete(bystander.id)
+
+
+async def test_disk_fill_is_bounded(manager: SandboxManager) -> None:
+    h = await manager.create(SMALL)
+    out = await run(h, "head -c 20M /dev/zero > big", "bash")
+    assert out["exit_code"] != 0 and "File size limit exceeded" in out["stderr"]
+    out = await run(
+        h, "for i in 1 2 3 4 5 6; do head -c 3M /dev/zero > f$i; done; sleep 5", "bash", timeout=10
+    )
+    assert "disk quota exceeded" in out["stderr"] and out["exit_code"] != 0
+    assert "disk quota exceeded" in h.reason
+    status, body = await call(h, "POST", "/files/write", json={"path": "more", "content": "x"})
+    assert (status, body["code"]) == (507, "DISK_QUOTA_EXCEEDED")
+    await run(h, "rm -f f* big", "bash")
+    status, _ = await call(h, "POST", "/files/write", json={"path": "more", "content": "x"})
+    assert status == 200
+    await manager.delete(h.id)
+
+
+async def test_unisolated_mode_is_refused_unless_allowed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from agentplex.sandbox import IsolationInfo, IsolationUnavailable
+
+    none = IsolationInfo("none", "forced by the test")
+    refusing = SandboxManager(tmp_path_factory.mktemp("a"), isolation=none, pool_size=0)
+    with pytest.raises(IsolationUnavailable, match="forced by the test"):
+        await refusing.create("bash")
+    await refusing.close()
+    async with SandboxManager(
+        tmp_path_factory.mktemp("b"),
+        isolation=none,
+        allow_unisolated=True,
+        pool_size=0,
+        preload_scientific=False,
+        quota_interval=0,
+    ) as m:
+        h = await m.create("bash")
+        assert h.isolation == "none"
+        out = await run(h, "echo hi > f; cat f; pwd", "bash")
+        assert out["stdout"] == f"hi\n{os.path.realpath(m.run_dir)}/{h._key}/workspace\n" or out[
+            "stdout"
+        ].startswith("hi\n")
+        assert (h.workspace / "f").read_text() == "hi\n"
+        _status, body = await call(h, "GET", "/files/read", params={"path": "/etc/passwd"})
+        assert body["code"] == "PATH_NOT_ALLOWED"

@@ -1,0 +1,135 @@
+"""Unit tests: path confinement, the lifecycle state machine, the warm pool, templates."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from agentplex.sandbox.agentd.errors import AgentError
+from agentplex.sandbox.agentd.paths import PathMapper
+from agentplex.sandbox.errors import InvalidTransition, TemplateNotFound
+from agentplex.sandbox.pool import WarmPool
+from agentplex.sandbox.state import SandboxState, next_state
+from agentplex.sandbox.templates import builtin_templates, resolve_template
+
+
+@pytest.fixture
+def mapper(tmp_path: Path) -> PathMapper:
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "secret").write_text("no")
+    return PathMapper("/workspace", str(tmp_path / "ws"), str(tmp_path / "tmp"))
+
+
+def test_relative_paths_resolve_against_workspace(mapper: PathMapper, tmp_path: Path) -> None:
+    assert mapper.resolve("a/b.txt") == str(tmp_path / "ws" / "a" / "b.txt")
+    assert mapper.resolve("/workspace/x") == str(tmp_path / "ws" / "x")
+    assert mapper.resolve("/tmp/y") == str(tmp_path / "tmp" / "y")
+    assert mapper.to_client(str(tmp_path / "ws" / "x")) == "/workspace/x"
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../secret", "/workspace/../etc", "/", "/tmpx"])
+def test_paths_outside_the_sandbox_are_refused(mapper: PathMapper, path: str) -> None:
+    with pytest.raises(AgentError) as err:
+        mapper.resolve(path)
+    assert err.value.code == "PATH_NOT_ALLOWED"
+    assert err.value.status == 403
+
+
+def test_symlinks_leading_out_are_refused(mapper: PathMapper, tmp_path: Path) -> None:
+    os.symlink(tmp_path / "secret", tmp_path / "ws" / "link")
+    with pytest.raises(AgentError) as err:
+        mapper.resolve("link")
+    assert err.value.code == "PATH_NOT_ALLOWED"
+
+
+def test_empty_path_is_an_invalid_request(mapper: PathMapper) -> None:
+    with pytest.raises(AgentError) as err:
+        mapper.resolve("")
+    assert err.value.code == "INVALID_REQUEST"
+
+
+def test_state_machine_allows_the_hopx_lifecycle() -> None:
+    s = SandboxState.CREATING
+    s = next_state(s, "ready")
+    assert s is SandboxState.RUNNING
+    assert next_state(s, "pause") is SandboxState.PAUSED
+    assert next_state(SandboxState.PAUSED, "resume") is SandboxState.RUNNING
+    assert next_state(SandboxState.RUNNING, "stop") is SandboxState.STOPPED
+    assert next_state(SandboxState.STOPPED, "start") is SandboxState.CREATING
+    assert next_state(SandboxState.PAUSED, "delete") is SandboxState.DELETED
+
+
+@pytest.mark.parametrize(
+    ("state", "action"),
+    [
+        (SandboxState.STOPPED, "pause"),
+        (SandboxState.RUNNING, "resume"),
+        (SandboxState.RUNNING, "start"),
+        (SandboxState.DELETED, "stop"),
+    ],
+)
+def test_state_machine_refuses_the_rest(state: SandboxState, action: str) -> None:
+    with pytest.raises(InvalidTransition, match=f"cannot {action}"):
+        next_state(state, action)
+
+
+def test_templates_have_hopx_fields() -> None:
+    templates = builtin_templates()
+    assert {"python", "bash"} <= set(templates)
+    data = templates["python"].to_dict()
+    assert {"id", "name", "display_name", "language", "resources"} <= set(data)
+    assert set(data["resources"]) == {"vcpu", "memory_mb", "disk_mb"}
+    assert resolve_template(templates, None).id == "python"
+    with pytest.raises(TemplateNotFound):
+        resolve_template(templates, "cobol")
+
+
+async def test_pool_fills_hands_out_and_refills() -> None:
+    made: list[int] = []
+    discarded: list[int] = []
+
+    async def spawn(internet: bool) -> int:
+        await asyncio.sleep(0.001)
+        made.append(len(made))
+        return made[-1]
+
+    async def discard(item: int) -> None:
+        discarded.append(item)
+
+    pool: WarmPool[int] = WarmPool({False: 3, True: 0}, spawn, discard, refill_delay=0.0)
+    pool.kick()
+    await pool.wait_full(5)
+    assert pool.size(False) == 3
+    assert pool.take(True) is None  # no internet pool configured
+    first = pool.take(False)
+    assert first == 0
+    await asyncio.sleep(0.05)
+    await pool.wait_full(5)
+    assert pool.size(False) == 3 and len(made) == 4
+    await pool.close()
+    assert sorted(discarded) == [1, 2, 3]
+
+
+async def test_pool_survives_failing_spawns() -> None:
+    calls = 0
+
+    async def spawn(internet: bool) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom")
+        return calls
+
+    async def discard(item: int) -> None:
+        pass
+
+    pool: WarmPool[int] = WarmPool({False: 1}, spawn, discard, retry_delay=0.01, refill_delay=0)
+    pool.kick()
+    await pool.wait_full(5)
+    assert pool.last_error == "RuntimeError: boom"
+    assert pool.take(False) == 2
+    await pool.close()
