@@ -60,6 +60,7 @@ def create_app(settings: Settings) -> ASGIApp:
         routes.extend(table.routes(prefix))
         if listed:
             documented.extend((prefix, e) for e in table.endpoints)
+    documented += [("", e) for e in hopx.dataplane.DOCUMENTED]
     spec: dict[str, Any] = openapi.build("agentplex", __version__, _DESCRIPTION, documented)
 
     async def openapi_json(_request: Request) -> Response:

@@ -18,8 +18,10 @@ from agentplex.core import environments
 from agentplex.core.auth import Authenticator, Principal
 from agentplex.core.clock import utcnow
 from agentplex.core.logs import LogStore, configure_logging
+from agentplex.core.sandbox_records import SandboxRecord
 from agentplex.core.sandboxes import SandboxService
 from agentplex.core.streams import StreamStore
+from agentplex.core.templates import TemplateService
 from agentplex.db import migrate
 from agentplex.db.engine import Database
 from agentplex.settings import Settings
@@ -52,6 +54,7 @@ class Runtime:
         self.streams = StreamStore(self.db, self.bus, settings.streams.ring_size)
         self.auth = Authenticator(self.db, settings.auth)
         self.sandboxes: SandboxService | None = None
+        self.templates: TemplateService | None = None
         self.sandbox_manager: SandboxManager | None = None
         self.default_env_id = ""
         self.ready = False
@@ -105,9 +108,16 @@ class Runtime:
                 if config.allow_unisolated
                 else "refused until bubblewrap works or sandbox.allow_unisolated is set",
             )
-        self.sandboxes = SandboxService(self.db, self.sandbox_manager, config)
+        self.templates = TemplateService(
+            self.db, self.sandbox_manager, self.settings.server.data_dir
+        )
+        await self.templates.start()
+        self.sandboxes = SandboxService(self.db, self.sandbox_manager, config, self.templates)
         await self.sandboxes.start()
         self.auth.add_token_verifier(self._verify_sandbox_token)
+        self.sandboxes.on_token = lambda token, record: self.auth.remember(
+            token, _sandbox_principal(record)
+        )
         if config.warm_on_start:
             self._tasks.append(asyncio.create_task(self._open_sandboxes(), name="sandbox-open"))
 
@@ -121,13 +131,13 @@ class Runtime:
     async def _verify_sandbox_token(self, token: str) -> Principal | None:
         assert self.sandboxes is not None
         record = await self.sandboxes.by_token(token)
-        if record is None:
-            return None
-        return Principal(record.env_id, "sandbox", None, "sandbox:" + record.id, record.id)
+        return None if record is None else _sandbox_principal(record)
 
     async def stop(self) -> None:
         """Stop background work and release connections."""
         self.ready = False
+        if self.templates is not None:
+            await self.templates.close()
         if self.sandboxes is not None:
             await self.sandboxes.close()
         if self.sandbox_manager is not None:
@@ -151,6 +161,10 @@ class Runtime:
                 await self.auth.flush_usage()
             except Exception:
                 log.exception("could not record API key usage")
+
+
+def _sandbox_principal(record: SandboxRecord) -> Principal:
+    return Principal(record.env_id, "sandbox", None, "sandbox:" + record.id, record.id)
 
 
 def _git_sha() -> str:

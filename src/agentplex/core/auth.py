@@ -143,6 +143,12 @@ class Authenticator:
         env_id = str(claims.get("env_id") or self._default_env_id)
         return Principal(env_id, "jwt", None, "jwt:" + subject)
 
+    def remember(self, credential: str, principal: Principal) -> None:
+        """Trust a credential just issued (e.g. a new sandbox token) for the cache time, so
+        its first use costs no lookup."""
+        expires = time.monotonic() + self._settings.cache_seconds
+        self._cache[apikeys.hash_key(credential)] = (principal, expires)
+
     def forget(self) -> None:
         """Drop cached verdicts (after a key is created or revoked in this process)."""
         self._cache.clear()

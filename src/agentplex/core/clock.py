@@ -11,6 +11,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(value: datetime) -> datetime:
+    """``value`` as timezone-aware UTC (SQLite hands naive datetimes back)."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def iso(value: datetime | None) -> str | None:
     """RFC 3339 with milliseconds and a Z, as the references print times."""
     if value is None:

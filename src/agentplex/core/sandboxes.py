@@ -12,16 +12,17 @@ import contextlib
 import hmac
 import logging
 import secrets
-from collections.abc import Iterator
-from datetime import datetime, timedelta
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from agentplex.core import apikeys
 from agentplex.core import sandbox_records as records
-from agentplex.core.clock import new_id, utcnow
+from agentplex.core.clock import aware, new_id, utcnow
 from agentplex.core.sandbox_records import SandboxNotFound, SandboxRecord
+from agentplex.core.templates import TemplateNotFound, TemplateService
 from agentplex.db.engine import Database
-from agentplex.errors import AgentplexError, BadRequest, Conflict, NotFound, ServiceUnavailable
+from agentplex.errors import AgentplexError, BadRequest, Conflict, ServiceUnavailable
 from agentplex.settings import SandboxSettings
 
 if TYPE_CHECKING:
@@ -31,12 +32,6 @@ log = logging.getLogger("agentplex.sandboxes")
 
 TOKEN_PREFIX = "sbt_"  # noqa: S105 - a prefix, not a secret
 LIVE_STATES = ("creating", "running", "paused")
-
-
-class TemplateNotFound(NotFound):
-    """Template not found."""
-
-    surface_codes = {"hopx": "TEMPLATE_NOT_FOUND"}
 
 
 class SandboxStateConflict(Conflict):
@@ -73,11 +68,20 @@ def translated() -> Iterator[None]:
 class SandboxService:
     """Create, inspect and drive sandboxes of an environment."""
 
-    def __init__(self, db: Database, manager: SandboxManager, settings: SandboxSettings) -> None:
+    def __init__(
+        self,
+        db: Database,
+        manager: SandboxManager,
+        settings: SandboxSettings,
+        templates: TemplateService,
+    ) -> None:
         self.db = db
         self.manager = manager
+        self.templates = templates
         self.settings = settings
         self._sweeper: asyncio.Task[None] | None = None
+        # told of every token issued (the authenticator pre-trusts it)
+        self.on_token: Callable[[str, SandboxRecord], None] | None = None
 
     async def start(self) -> None:
         """Reconcile records with reality after a restart, then enforce timeouts."""
@@ -100,15 +104,6 @@ class SandboxService:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def template(self, ref: str | None) -> Template:
-        name = ref or "python"
-        for template in self.manager.templates.values():
-            if name in (template.id, template.name):
-                return template
-        raise TemplateNotFound(
-            f"Template {name!r} not found; available: {', '.join(sorted(self.manager.templates))}"
-        )
-
     async def create(
         self,
         env_id: str,
@@ -119,7 +114,7 @@ class SandboxService:
         env_vars: dict[str, str],
     ) -> tuple[SandboxRecord, str]:
         """A new running sandbox and its data-plane token (shown once)."""
-        chosen = self.template(template)
+        chosen = await self.templates.resolve(env_id, template)
         timeout = self._timeout(timeout_seconds)
         sandbox_id = "sbx_" + new_id().replace("-", "")[:20]
         with translated():
@@ -153,6 +148,8 @@ class SandboxService:
             with contextlib.suppress(Exception):
                 await self.manager.delete(sandbox_id)
             raise
+        if self.on_token is not None:
+            self.on_token(token, record)
         return record, token
 
     def _timeout(self, requested: int | None) -> int | None:
@@ -240,6 +237,8 @@ class SandboxService:
         updated = await self._set(
             record, token_hash=apikeys.hash_key(token), token_expires_at=expires
         )
+        if self.on_token is not None:
+            self.on_token(token, updated)
         return updated, token
 
     async def _set(self, record: SandboxRecord, **values: Any) -> SandboxRecord:
@@ -260,7 +259,7 @@ class SandboxService:
             return None
         if not hmac.compare_digest(record.token_hash, digest):
             return None
-        if record.token_expires_at is not None and _aware(record.token_expires_at) < utcnow():
+        if record.token_expires_at is not None and aware(record.token_expires_at) < utcnow():
             return None
         return record
 
@@ -292,12 +291,6 @@ class SandboxService:
                 raise
             except Exception:
                 log.exception("sandbox timeout sweep failed")
-
-
-def _aware(value: datetime) -> datetime:
-    from datetime import UTC
-
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _resources(template: Template) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData(
@@ -84,4 +86,25 @@ sandboxes = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_sandboxes_env_id_created_at", "env_id", "created_at"),
+)
+
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("env_id", String(36), ForeignKey("environments.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("display_name", String(200), nullable=False),
+    Column("base_template", String(100), nullable=False),
+    Column("language", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("steps", JSON, nullable=False),
+    Column("env", JSON, nullable=False),
+    Column("resources", JSON, nullable=False),
+    Column("logs", Text, nullable=False),
+    Column("error_message", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("completed_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("env_id", "name", name="uq_templates_env_id_name"),
 )

@@ -98,6 +98,10 @@ async def test_openapi_describes_every_route(client: httpx.AsyncClient) -> None:
         "/api/v1/logs/stream",
         "/api/v1/status",
         "/logs",
+        "/v1/sandboxes",
+        "/v1/sandboxes/{sandbox_id}/pause",
+        "/v1/templates/build",
+        "/sandboxes/{sandbox_id}/{path}",
     ):
         assert path in paths, path
     assert "swagger" in (await client.get("/docs")).text.lower()

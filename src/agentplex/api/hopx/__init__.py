@@ -10,3 +10,5 @@ routes.include(sandboxes.routes)
 routes.include(templates.routes)
 
 dataplane_routes = dataplane.routes
+
+__all__ = ["dataplane", "dataplane_routes", "routes"]

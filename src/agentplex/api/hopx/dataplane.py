@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agentplex.api.common.gateway import credential_from
+from agentplex.api.common.routing import Call, Endpoint
 from agentplex.core.auth import Principal
 from agentplex.core.sandboxes import SandboxService, SandboxUnavailable, translated
 from agentplex.errors import Forbidden, NotFound
@@ -122,6 +123,23 @@ async def _relay(client: WebSocket, upstream: Any) -> None:
                 await task
     with contextlib.suppress(Exception):
         await client.close()
+
+
+async def _never(_call: Call) -> dict[str, Any]:  # documentation only; proxy_http serves
+    raise NotImplementedError
+
+
+DOCUMENTED = [
+    Endpoint(
+        method,
+        "/sandboxes/{sandbox_id}/{path:path}",
+        _never,
+        summary=f"Sandbox data plane ({method}): /execute, /commands/run, /files/*, /env, ... "
+        "proxied to the sandbox's agent; Bearer <auth_token> or an API key",
+        tags=["hopx data plane"],
+    )
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+]
 
 
 def routes() -> list[BaseRoute]:
