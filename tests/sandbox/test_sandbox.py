@@ -255,6 +255,48 @@ async def test_websocket_execute_stream_and_terminal(manager: SandboxManager) ->
     await manager.delete(h.id)
 
 
+async def test_files_watch_reports_changes(manager: SandboxManager) -> None:
+    h = await manager.create("bash")
+    await run(h, "mkdir -p sub && echo 1 > sub/old.txt && echo 1 > keep.txt", "bash")
+    async with h.websocket("/files/watch") as ws:
+        await ws.send(json.dumps({"action": "watch", "path": "/workspace"}))
+        await asyncio.sleep(0.4)  # the first snapshot is taken
+        await run(h, "echo new > a.txt; echo 22 >> keep.txt; mv sub/old.txt sub/moved.txt", "bash")
+        await call(h, "POST", "/files/remove", json={"path": "keep.txt"})
+        seen: dict[str, dict[str, str]] = {}
+        async with asyncio.timeout(10):
+            while len(seen) < 3 or "/workspace/keep.txt" not in seen:
+                msg = json.loads(await ws.recv())
+                assert msg["type"] == "change" and msg["timestamp"], msg
+                seen[msg["path"]] = msg
+    assert seen["/workspace/a.txt"]["event"] == "created"
+    assert seen["/workspace/sub/moved.txt"]["event"] == "renamed"
+    assert seen["/workspace/sub/moved.txt"]["old_path"] == "/workspace/sub/old.txt"
+    assert seen["/workspace/keep.txt"]["event"] in ("modified", "deleted")
+    async with h.websocket("/files/watch") as ws:
+        await ws.send(json.dumps({"action": "watch", "path": "/etc"}))
+        msg = json.loads(await ws.recv())
+        assert (msg["type"], msg["code"]) == ("error", "PATH_NOT_ALLOWED")
+    await manager.delete(h.id)
+
+
+async def test_metrics_are_the_sandboxs_own(manager: SandboxManager) -> None:
+    h = await manager.create("bash")
+    _, first = await call(h, "GET", "/metrics/snapshot")
+    assert first["source"] == "cgroup"
+    limit = h.template.resources.memory_mb * 1024 * 1024
+    assert first["system"]["memory"]["total"] == limit
+    assert 0 < first["system"]["memory"]["used"] < limit
+    assert first["sandbox"]["pids"]["max"] == h.template.resources.max_pids
+    assert first["process"]["count"] == first["sandbox"]["pids"]["current"] < 20
+    await run(h, "timeout 1 sh -c 'while :; do :; done'", "bash")  # ~1 s of CPU
+    _, second = await call(h, "GET", "/metrics/snapshot")
+    busy = second["sandbox"]["cpu"]
+    assert busy["usage_seconds"] > first["sandbox"]["cpu"]["usage_seconds"] + 0.3
+    assert busy["usage_percent"] > 10 and busy["cores"] == h.template.resources.vcpu
+    await manager.delete(h.id)
+
+
 async def test_records_survive_manager_restart(manager: SandboxManager) -> None:
     h = await manager.create("bash")
     await call(h, "POST", "/files/write", json={"path": "f", "content": "x"})

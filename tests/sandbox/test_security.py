@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 
@@ -35,6 +36,9 @@ async def test_filesystem_outside_workspace_is_read_only_or_hidden(manager: Sand
         f"cat {other.workspace}/secret.txt",
         f"ls {manager.run_dir}",
         "cat /root/.bash_history",
+        "touch /run/evil",
+        "cat /run/agentd/agentd.log",
+        "python3 -c \"import socket; socket.socket(socket.AF_UNIX).connect('/run/agentd/a.sock')\"",
     ):
         out = await run(h, attempt, "bash")
         assert out["exit_code"] != 0, (attempt, out)
@@ -81,6 +85,64 @@ async def test_host_processes_are_invisible_and_unsignalable(manager: SandboxMan
     assert int(out["stdout"].split()[-1]) < 15  # only the sandbox's own few processes
     out = await run(h, "kill -9 1; echo done", "bash")
     assert (await call(h, "GET", "/health"))[0] == 200  # the sandbox's init ignores it
+    await manager.delete(h.id)
+
+
+async def test_code_cannot_signal_or_limit_its_agentd(manager: SandboxManager) -> None:
+    h = await manager.create("python")
+    agentd = manager._runtimes[h.id].agentd_pid
+    out = await run(h, "pgrep -x agentd", "bash")
+    assert out["stdout"].strip(), out  # the code sees agentd: the attempts below are real
+    for attempt in (
+        "kill -9 -1; echo done",
+        "pkill -9 -f agentd; pkill -9 agentd; echo done",
+        "kill -9 $(pgrep -x agentd); kill -STOP $(pgrep -x agentd); echo done",
+        "prlimit --pid $(pgrep -x agentd) --nofile=1:1 --cpu=0:0; echo rc=$?",
+        "cat /proc/$(pgrep -x agentd)/environ; ls /proc/$(pgrep -x agentd)/fd; echo rc=$?",
+    ):
+        out = await run(h, attempt, "bash")
+        assert out["stdout"].endswith(("done\n", "rc=1\n", "rc=2\n")), (attempt, out)
+        assert (await call(h, "GET", "/health"))[0] == 200, attempt
+    everyone = (
+        "import os\n"
+        "for p in os.listdir('/proc'):\n"
+        "    if p.isdigit() and int(p) != os.getpid():\n"
+        "        try: os.kill(int(p), 9)\n"
+        "        except OSError: pass\n"
+    )
+    await run(h, everyone)
+    async with h.websocket("/terminal") as ws:  # the terminal's shell is the code's too
+        line = "echo uid=$(id -u); kill -9 -1; exit 3\n"  # kill spares the shell itself
+        await ws.send(json.dumps({"type": "input", "data": line}))
+        seen = ""
+        async with asyncio.timeout(10):
+            while (msg := json.loads(await ws.recv()))["type"] != "exit":
+                seen += msg.get("data", "")
+    assert "uid=1000" in seen
+    out = await run(h, "print('still here')")
+    if out.get("kernel_died"):  # the kernel the terminal killed was still dying: reported so
+        out = await run(h, "print('still here')")
+    assert out["stdout"] == "still here\n"
+    assert (await run(h, "echo fine", "bash"))["stdout"] == "fine\n"
+    os.kill(agentd, 0)  # the very same agentd process
+    assert h.state.value == "running" and not h.reason
+    # agentd's socket and state are closed to the code; it can't talk to agentd behind the host
+    out = await run(h, "ls /run/agentd || cat /run/agentd/env.json; echo rc=$?", "bash")
+    assert "Permission denied" in out["stderr"] and out["stdout"] == "rc=1\n"
+    await manager.delete(h.id)
+
+
+async def test_files_of_the_code_and_of_the_files_api_are_shared(manager: SandboxManager) -> None:
+    h = await manager.create("bash")
+    out = await run(h, "umask 077; echo private > mine.txt; id -u", "bash")
+    assert out["stdout"] == "1000\n"
+    status, body = await call(h, "GET", "/files/read", params={"path": "/workspace/mine.txt"})
+    assert (status, body["content"]) == (200, "private\n")
+    status, _ = await call(h, "POST", "/files/write", json={"path": "api.txt", "content": "a"})
+    assert status == 200
+    out = await run(h, "echo b >> api.txt && cat api.txt && echo t > /tmp/t && cat /tmp/t", "bash")
+    assert out["stdout"] == "ab\nt\n", out
+    assert os.stat(h.workspace / "api.txt").st_uid == os.stat(h.workspace / "mine.txt").st_uid
     await manager.delete(h.id)
 
 
@@ -142,6 +204,22 @@ async def test_disk_fill_is_bounded(manager: SandboxManager) -> None:
     await run(h, "rm -f f* big", "bash")
     status, _ = await call(h, "POST", "/files/write", json={"path": "more", "content": "x"})
     assert status == 200
+    await manager.delete(h.id)
+
+
+async def test_pooled_python_kernel_takes_the_templates_file_size_limit(
+    manager: SandboxManager,
+) -> None:
+    small = Template(
+        id="tiny-py",
+        name="tiny-py",
+        display_name="Tiny Python",
+        language="python",
+        resources=Resources(disk_mb=4),
+    )
+    h = await manager.create(small)  # from the pool, whose kernel started with a higher limit
+    out = await run(h, "open('big', 'wb').write(b'x' * (6 * 1024 * 1024))")
+    assert not out["success"] and "File too large" in out["stderr"] + str(out.get("error"))
     await manager.delete(h.id)
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from agentplex.sandbox.templates import LAYER_MOUNT
+
 SANDBOX_UID = 1000  # the uid processes see inside the sandbox
 # Placeholders the zygote fills in per sandbox. The workspace is reached through a bind onto
 # `<runtime>/ws` that the zygote makes as root in a private mount namespace, because the
@@ -27,6 +29,8 @@ def bwrap_command(
     hidden: list[Path],
     internet: bool,
     tmp_size_mb: int = 256,
+    layer: str | None = None,
+    layer_writable: bool = False,
 ) -> list[str]:
     """Arguments that start the sandbox; the payload writes a byte to READY_FD once set up."""
     args = [bwrap, "--unshare-all"]
@@ -69,8 +73,17 @@ def bwrap_command(
         str(tmp_size_mb * 1024 * 1024),
         "--tmpfs",
         "/tmp",  # noqa: S108
+        # a Python (or this code) installed under /tmp, e.g. a checkout's .venv, is shown
+        # read-only inside the otherwise fresh /tmp
+        *[arg for tree in tmp_trees() for arg in ("--ro-bind", tree, tree)],
         "--tmpfs",
         "/run",
+        # the zygote binds the template's layer at <runtime>/layer (like the workspace)
+        *(
+            [("--bind" if layer_writable else "--ro-bind"), f"{RUNTIME_DIR}/layer", LAYER_MOUNT]
+            if layer
+            else []
+        ),
         "--bind",
         RUNTIME_DIR,
         "/run/agentd",
@@ -100,17 +113,29 @@ def _reachable(path: Path) -> bool:
     return True
 
 
-def exposed_trees() -> dict[str, list[str]]:
-    """Python trees the sandbox needs that sit in a top-level directory it can't enter,
-    grouped by that directory: {"/root": ["/root/.pyenv/versions/3.11.7"]}."""
+def _python_trees() -> set[Path]:
     import sys
 
     import agentplex
 
     trees = {Path(sys.base_prefix), Path(sys.prefix), Path(agentplex.__file__).parents[1]}
     trees.add(Path(os.path.realpath(sys.executable)).parents[1])
+    return {p.resolve() for p in trees}
+
+
+def tmp_trees() -> list[str]:
+    """Python trees under /tmp (fresh inside the sandbox) that must be bound back in."""
+    found = sorted(t for t in _python_trees() if len(t.parts) > 2 and t.parts[1] == "tmp")
+    # keep the outermost of nested trees; a bind of the outer one carries the inner
+    outer = [t for t in found if not any(o != t and o in t.parents for o in found)]
+    return [str(t) for t in outer if _reachable(t)]
+
+
+def exposed_trees() -> dict[str, list[str]]:
+    """Python trees the sandbox needs that sit in a top-level directory it can't enter,
+    grouped by that directory: {"/root": ["/root/.pyenv/versions/3.11.7"]}."""
     out: dict[str, list[str]] = {}
-    for tree in sorted(p.resolve() for p in trees):
+    for tree in sorted(_python_trees()):
         top = "/" + tree.parts[1]
         if top[1:] not in _SKIP_TOP and not _reachable(tree):
             out.setdefault(top, []).append(str(tree))

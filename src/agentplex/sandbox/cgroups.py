@@ -1,14 +1,17 @@
 """cgroup v1 limits for sandboxes: memory, cpu, pids, and the freezer for pause/resume.
 
-Each sandbox gets `<controller>/<our own cgroup>/agentplex/<key>` in the memory, pids, cpu and
-freezer hierarchies, so sandboxes are accounted inside whatever limits the server itself runs
-under. When the hierarchies are missing or not writable, `CgroupRoot.detect()` returns None and
-sandboxes run without cgroup limits (the manager reports that).
+Each sandbox gets `<controller>/<our own cgroup>/agentplex/<pid>.<n>/<key>` in the memory, pids,
+cpu and freezer hierarchies, so sandboxes are accounted inside whatever limits the server itself
+runs under. `<pid>.<n>` is one manager (server process `pid`): several servers, or several
+managers in one process, share a host without sweeping each other's sandboxes away. When the
+hierarchies are missing or not writable, `CgroupRoot.detect()` returns None and sandboxes run
+without cgroup limits (the manager reports that).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import time
@@ -17,7 +20,20 @@ from pathlib import Path
 from agentplex.sandbox.templates import Resources
 
 CONTROLLERS = ("memory", "pids", "cpu", "freezer")
+OPTIONAL = ("cpuacct",)  # CPU time used, for the sandbox's /metrics/snapshot
+# what a sandbox's agentd reads about itself (opened by the zygote, since /sys is not mounted)
+STAT_FILES = {
+    "memory.usage_in_bytes": "memory",
+    "memory.limit_in_bytes": "memory",
+    "memory.max_usage_in_bytes": "memory",
+    "pids.current": "pids",
+    "pids.max": "pids",
+    "cpu.cfs_quota_us": "cpu",
+    "cpu.cfs_period_us": "cpu",
+    "cpuacct.usage": "cpuacct",
+}
 _FS = Path("/sys/fs/cgroup")
+_SEQ = itertools.count()
 
 
 def _own_paths() -> dict[str, str]:
@@ -38,16 +54,19 @@ class CgroupRoot:
 
     @classmethod
     def detect(cls, name: str = "agentplex") -> CgroupRoot | None:
-        """The writable v1 hierarchies nested under our own cgroup, or None."""
+        """This manager's writable v1 hierarchies nested under our own cgroup, or None."""
         own = _own_paths()
+        mine = f"{os.getpid()}.{next(_SEQ)}"
         bases: dict[str, Path] = {}
-        for ctrl in CONTROLLERS:
+        for ctrl in (*CONTROLLERS, *OPTIONAL):
             mount = _FS / ctrl
             if not (mount / "cgroup.procs").exists():
+                if ctrl in OPTIONAL:
+                    continue
                 return None
-            base = mount / own.get(ctrl, "/").lstrip("/") / name
+            base = mount / own.get(ctrl, "/").lstrip("/") / name / mine
             try:
-                base.mkdir(exist_ok=True)
+                base.mkdir(parents=True, exist_ok=True)
                 probe = base / ".probe"
                 probe.mkdir(exist_ok=True)
                 probe.rmdir()
@@ -64,10 +83,42 @@ class CgroupRoot:
         return SandboxCgroup(dirs)
 
     def sweep(self) -> None:
-        """Remove leftover sandbox cgroups of a previous server run (killing what is inside)."""
-        keys = {p.name for base in self.bases.values() for p in base.iterdir() if p.is_dir()}
-        for key in keys:
-            SandboxCgroup({c: b / key for c, b in self.bases.items()}).destroy()
+        """Remove the cgroups left by managers whose server process is gone (killing what is
+        inside); a live server's are left alone."""
+        parents = {ctrl: base.parent for ctrl, base in self.bases.items()}
+        names = {p.name for parent in parents.values() for p in parent.iterdir() if p.is_dir()}
+        for name in names:
+            pid, dot, _ = name.partition(".")
+            if not dot:  # a sandbox of an older layout: remove only when nothing runs in it
+                for parent in parents.values():
+                    with contextlib.suppress(OSError):
+                        (parent / name).rmdir()
+                continue
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            stale = {ctrl: parent / name for ctrl, parent in parents.items()}
+            keys = {p.name for d in stale.values() if d.is_dir() for p in d.iterdir() if p.is_dir()}
+            for key in keys:
+                SandboxCgroup({c: d / key for c, d in stale.items()}).destroy()
+            for d in stale.values():
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+
+    def destroy(self) -> None:
+        """Remove this manager's (by now empty) parent cgroups."""
+        for base in self.bases.values():
+            with contextlib.suppress(OSError):
+                base.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write(path: Path, value: str) -> None:
@@ -85,6 +136,15 @@ class SandboxCgroup:
     def procs_files(self) -> list[str]:
         """The `cgroup.procs` files a process writes its pid to, to join this sandbox."""
         return [str(d / "cgroup.procs") for d in self.dirs.values()]
+
+    @property
+    def stat_files(self) -> dict[str, str]:
+        """{name: path} of the usage and limit files this sandbox's agentd reports."""
+        return {
+            name: str(self.dirs[ctrl] / name)
+            for name, ctrl in STAT_FILES.items()
+            if ctrl in self.dirs
+        }
 
     def set_limits(self, res: Resources) -> None:
         """Apply memory (no swap), cpu quota and pid limits."""

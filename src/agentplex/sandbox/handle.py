@@ -13,6 +13,7 @@ opens a WebSocket to agentd over the same socket; relay frames both ways to prox
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from agentplex.sandbox.errors import SandboxNotRunning
+from agentplex.sandbox.errors import SandboxError, SandboxNotRunning
 from agentplex.sandbox.state import SandboxState
 from agentplex.sandbox.templates import Template
 
@@ -40,6 +41,7 @@ class SandboxHandle:
     reason: str = ""  # why the sandbox last stopped on its own (OOM, quota, crash), if it did
     _key: str = field(default="", repr=False)
     _client: httpx.AsyncClient | None = field(default=None, repr=False)
+    _setup: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (the HTTP layer adds tokens, hosts and expiry)."""
@@ -75,6 +77,21 @@ class SandboxHandle:
             )
         return self._client
 
+    def defer(self, method: str, path: str, *, json: Any = None) -> None:
+        """Send a host request (a pooled sandbox's /_configure) in the background: whoever
+        created the sandbox need not wait for it, the first request through the handle does."""
+
+        async def _setup() -> None:
+            status, _, body = await self._send(method, path, json=json)
+            if status != 200:
+                raise SandboxError(f"{method} {path} on sandbox {self.id} failed: {body[:200]!r}")
+
+        self._setup = asyncio.get_running_loop().create_task(_setup())
+
+    async def _ready(self) -> None:
+        if self._setup is not None:
+            await asyncio.shield(self._setup)  # a cancelled request must not cancel the setup
+
     async def request(
         self,
         method: str,
@@ -88,6 +105,28 @@ class SandboxHandle:
     ) -> tuple[int, httpx.Headers, bytes]:
         """Send one HTTP request to agentd; (status, headers, body) exactly as agentd answered."""
         self._running_socket()
+        await self._ready()
+        return await self._send(
+            method,
+            path,
+            json=json,
+            params=params,
+            content=content,
+            headers=headers,
+            timeout=timeout,
+        )
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Any = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> tuple[int, httpx.Headers, bytes]:
         try:
             resp = await self._http().request(
                 method,
@@ -113,6 +152,7 @@ class SandboxHandle:
         from websockets.asyncio.client import unix_connect
 
         sock = self._running_socket()
+        await self._ready()
         async with unix_connect(
             sock,
             f"ws://sandbox{path}",
@@ -124,6 +164,11 @@ class SandboxHandle:
 
     async def aclose(self) -> None:
         """Drop the pooled connections to agentd (the manager calls this on stop/delete)."""
+        if self._setup is not None:
+            setup, self._setup = self._setup, None
+            setup.cancel()
+            with contextlib.suppress(BaseException):
+                await setup
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from agentplex.sandbox.bwrap import bwrap_command, exposed_trees
 from agentplex.sandbox.cgroups import CgroupRoot, SandboxCgroup
+from agentplex.sandbox.errors import SandboxStartFailed
 from agentplex.sandbox.isolation import IsolationInfo
 from agentplex.sandbox.templates import Template
 from agentplex.sandbox.zygote_client import ZygoteClient
@@ -60,6 +63,14 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
+async def _warm(socket_path: Path) -> None:
+    transport = httpx.AsyncHTTPTransport(uds=str(socket_path), verify=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as client:
+        resp = await client.post("/_warm", timeout=30)
+    if resp.status_code != 200:
+        raise SandboxStartFailed(f"warming the sandbox up failed: {resp.text[:200]}")
+
+
 def _signal_tree(root: int, sig: int) -> None:
     for pid in _descendants(root):
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -84,19 +95,29 @@ class Launcher:
         self.cgroups = cgroups
         self.run_dir = run_dir
         self.hidden = hidden
-        self.uid = sandbox_uid if os.geteuid() == 0 else None
-        self._bwrap: dict[bool, list[str]] = {}
+        root = os.geteuid() == 0 and sandbox_uid is not None
+        # The code runs as `sandbox_uid` on the host; bwrap, its init and agentd as the next
+        # uid (the sandbox's "system" uid, 0 inside), so the code can't signal agentd. Only
+        # root may map two uids into a user namespace; otherwise both share the server's uid.
+        self.user_uid = sandbox_uid if root else None
+        self.uid = sandbox_uid + 1 if root and sandbox_uid is not None else None
+        self._bwrap: dict[tuple[bool, str | None, bool], list[str]] = {}
         self._exposed = exposed_trees()
 
-    def _bwrap_args(self, internet: bool) -> list[str]:
-        if internet not in self._bwrap:
+    def _bwrap_args(self, internet: bool, template: Template | None = None) -> list[str]:
+        layer = template.layer if template is not None else None
+        writable = bool(template is not None and template.layer_writable)
+        key = (internet, layer, writable)
+        if key not in self._bwrap:
             bwrap = shutil.which("bwrap") or "bwrap"
-            self._bwrap[internet] = bwrap_command(bwrap, hidden=self.hidden, internet=internet)
-        return self._bwrap[internet]
+            self._bwrap[key] = bwrap_command(
+                bwrap, hidden=self.hidden, internet=internet, layer=layer, layer_writable=writable
+            )
+        return self._bwrap[key]
 
-    def _own(self, path: Path) -> None:
-        if self.uid is not None and self.isolation.isolated:
-            os.chown(path, self.uid, self.uid)
+    def _own(self, path: Path, uid: int | None) -> None:
+        if uid is not None and self.isolation.isolated:
+            os.chown(path, uid, uid)
 
     @staticmethod
     def environ() -> dict[str, str]:
@@ -119,17 +140,22 @@ class Launcher:
         internet: bool,
         env_vars: dict[str, str],
         sandbox_id: str,
+        warm: bool = False,
     ) -> Runtime:
-        """Start agentd for the workspace in `sandbox_dir`; returns once it accepts requests."""
+        """Start agentd for the workspace in `sandbox_dir`; returns once it accepts requests.
+        `warm` (pooled sandboxes, which nobody waits for): returns once it has also served a
+        throwaway request and kernel cell, so its first real one is as fast as later ones."""
         runtime = self.run_dir / key
         runtime.mkdir(mode=0o700, exist_ok=True)
-        self._own(runtime)
+        self._own(runtime, self.uid)  # /run/agentd: agentd's socket and state, closed to the code
         workspace = sandbox_dir / "workspace"
         workspace.mkdir(parents=True, exist_ok=True)
-        self._own(workspace)
+        self._own(workspace, self.user_uid)
         isolated = self.isolation.isolated
         if isolated:
             (runtime / "ws").mkdir(exist_ok=True)  # where the zygote binds the workspace
+            if template.layer:
+                (runtime / "layer").mkdir(exist_ok=True)  # and a custom template's layer
         else:
             (runtime / "tmp").mkdir(exist_ok=True)
             link = runtime / "workspace"
@@ -153,14 +179,18 @@ class Launcher:
         }
         req = {
             "key": key,
-            "bwrap": self._bwrap_args(internet) if isolated else None,
+            "bwrap": self._bwrap_args(internet, template) if isolated else None,
             "expose": self._exposed if isolated else None,
             "cgroup_procs": cgroup.procs_files if cgroup else [],
+            "cgroup_stats": cgroup.stat_files if cgroup else {},
             "uid": self.uid,
+            "user_uid": self.user_uid,
             "log": str(runtime / "bwrap.log"),
             "workspace": str(workspace),
+            "layer": template.layer,
             "runtime": str(runtime),
             "fsize_bytes": template.resources.disk_mb * MB,
+            "python": template.language == "python",  # forked from the full zygote
             "environ": self.environ(),
             "agentd": agentd,
         }
@@ -171,7 +201,14 @@ class Launcher:
                 await asyncio.to_thread(cgroup.destroy)
             shutil.rmtree(runtime, ignore_errors=True)
             raise
-        return Runtime(key, runtime, cgroup, msg["bwrap_pid"], msg["agentd_pid"], internet)
+        rt = Runtime(key, runtime, cgroup, msg["bwrap_pid"], msg["agentd_pid"], internet)
+        if warm:
+            try:
+                await _warm(rt.socket_path)
+            except BaseException:
+                await self.destroy(rt)
+                raise
+        return rt
 
     def retarget(self, rt: Runtime, sandbox_dir: Path, template: Template) -> None:
         """Point a pooled sandbox at its new home and its template's limits."""

@@ -250,7 +250,8 @@ class SandboxManager:
         asyncio.get_running_loop().create_task(self._teardown(handle, destroy=True))
 
     async def _configure(self, handle: SandboxHandle) -> None:
-        status, _, body = await handle.request(
+        # deferred: the first request through the handle waits for it, create() does not
+        handle.defer(
             "POST",
             "/_configure",
             json={
@@ -260,8 +261,6 @@ class SandboxManager:
                 "fsize_bytes": handle.template.resources.disk_mb * 1024 * 1024,
             },
         )
-        if status != 200:
-            raise SandboxError(f"configuring sandbox {handle.id} failed: {body[:200]!r}")
 
     # -- pool ----------------------------------------------------------------------------------
     async def _pool_spawn(self, internet: bool) -> Runtime:
@@ -280,7 +279,13 @@ class SandboxManager:
         )
         try:
             return await self._launcher.spawn(
-                key, home, template=template, internet=internet, env_vars={}, sandbox_id=""
+                key,
+                home,
+                template=template,
+                internet=internet,
+                env_vars={},
+                sandbox_id="",
+                warm=True,
             )
         except BaseException:
             shutil.rmtree(home, ignore_errors=True)
@@ -308,11 +313,14 @@ class SandboxManager:
             raise SandboxError(f"invalid or duplicate sandbox id {sid!r}")
         await self.open()
         assert self._launcher is not None
-        handle = self._new_handle(sid, tpl, internet_access, env_vars or {}, time.time())
+        env = {**dict(tpl.env), **(env_vars or {})}
+        handle = self._new_handle(sid, tpl, internet_access, env, time.time())
         self._handles[sid] = handle
         home = self.sandboxes_dir / sid
         try:
-            rt = self._pool.take(internet_access) if self._pool else None
+            # pooled sandboxes have no template layer mounted: layered templates start cold
+            pooled = self._pool is not None and tpl.layer is None
+            rt = self._pool.take(internet_access) if pooled and self._pool else None
             if rt is not None:
                 os.rename(self.sandboxes_dir / f".pool-{rt.key}", home)
                 self._launcher.retarget(rt, home, tpl)

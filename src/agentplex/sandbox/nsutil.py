@@ -25,6 +25,14 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
+_CLONE_FLAGS = {"pid": 0x20000000, "mnt": 0x00020000, "user": 0x10000000}
+
+
+def setns(fd: int, name: str) -> None:
+    """Join the namespace `fd` refers to (which must be of kind `name`)."""
+    _check(_libc.setns(fd, _CLONE_FLAGS.get(name, 0)), f"setns({name})")
+
+
 def enter_namespaces(pid: int, names: tuple[str, ...] = NAMESPACES) -> None:
     """Join the namespaces of `pid` (caller single-threaded; the pid ns applies to children)."""
     fds = [(name, os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)) for name in names]
@@ -92,3 +100,37 @@ def drop_privileges() -> None:
     data = (ctypes.c_uint32 * 6)()
     _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+
+
+PR_SET_NAME = 15
+PR_SET_DUMPABLE = 4
+
+
+def set_dumpable(on: bool) -> None:
+    """Non-dumpable: no core files, and /proc/<pid> is closed to processes of the same uid."""
+    _check(_libc.prctl(PR_SET_DUMPABLE, int(on), 0, 0, 0), "prctl(DUMPABLE)")
+
+
+def set_fs_ids(uid: int, gid: int) -> None:
+    """The calling thread's file system uid and gid (per thread; new threads copy them)."""
+    _libc.setfsgid(gid)
+    _libc.setfsuid(uid)
+    if _libc.setfsuid(-1) != uid or _libc.setfsgid(-1) != gid:  # -1 only reads them
+        raise OSError(f"setfsuid({uid}) / setfsgid({gid}) refused")
+
+
+def set_process_name(name: str) -> None:
+    """What `ps`, `pgrep` and `pkill [-f]` see: comm and the whole command line."""
+    _libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+        if end <= start:
+            return
+        text = name.encode()[: end - start - 1]
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            mem.write(text + b"\0" * (end - start - len(text)))
+    except (OSError, ValueError, IndexError):
+        pass  # a cosmetic failure: the process keeps its inherited command line

@@ -30,16 +30,53 @@ class Template:
     resources: Resources = field(default_factory=Resources)
     description: str = ""
     builtin: bool = True
+    # A custom template's own layer: a host directory mounted at LAYER_MOUNT (read-only, or
+    # writable while the template is being built), and the environment that makes it visible.
+    layer: str | None = None
+    layer_writable: bool = False
+    env: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (the Hopx template fields)."""
         data = asdict(self)
+        for private in ("layer", "layer_writable", "env"):
+            data.pop(private, None)
         data["resources"] = {
             "vcpu": self.resources.vcpu,
             "memory_mb": self.resources.memory_mb,
             "disk_mb": self.resources.disk_mb,
         }
         return data
+
+
+LAYER_MOUNT = "/run/template"
+
+
+def layer_env() -> tuple[tuple[str, str], ...]:
+    """The environment under which a template's layer is built and used."""
+    import os
+    import sys
+
+    # the layer's programs first, then the interpreter agentd runs (its pip), then the host's
+    host_path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    path = os.pathsep.join(
+        [
+            f"{LAYER_MOUNT}/bin",
+            f"{LAYER_MOUNT}/python/bin",
+            os.path.dirname(sys.executable),
+            host_path,
+        ]
+    )
+    env = [
+        ("PATH", path),
+        ("PYTHONPATH", f"{LAYER_MOUNT}/python"),
+        ("PIP_TARGET", f"{LAYER_MOUNT}/python"),
+        ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
+        ("NODE_PATH", f"{LAYER_MOUNT}/node_modules"),
+        ("npm_config_prefix", LAYER_MOUNT),
+        ("TEMPLATE_LAYER", LAYER_MOUNT),
+    ]
+    return tuple(env)
 
 
 def _python_display() -> str:

@@ -1,19 +1,29 @@
-"""The zygote: one pre-imported Python process that forks every sandbox's agentd.
+"""The zygote: a pre-imported Python process that forks sandboxes' agentd (and starts bwrap).
 
-Run as `python -m agentplex.sandbox.zygote CTL_FD` by `ZygoteClient`. It imports agentd, uvicorn,
-IPython and the scientific stack once, then serves JSON-line requests on CTL_FD:
+Run as `python -m agentplex.sandbox.zygote CTL_FD` by `ZygoteClient`, which starts two: a full
+one (agentd, uvicorn, IPython and the scientific stack imported once) and a light one (agentd
+and uvicorn only; AGENTPLEX_ZYGOTE_LIGHT=1). Each serves JSON-line requests on CTL_FD:
 
-  -> {"op": "spawn", "key", "bwrap": [argv] | null, "cgroup_procs": [...], "uid", "log",
-      "workspace", "runtime", "agentd": {AgentConfig fields}}
+  -> {"op": "spawn" | "launch", "key", "bwrap": [argv] | null, "cgroup_procs": [...],
+      "cgroup_stats": {...}, "uid", "user_uid", "log", "workspace", "runtime",
+      "agentd": {AgentConfig fields}}
+  -> {"op": "enter", ...the same..., "pid1", "bwrap_pid"}
+  <- {"event": "launched", "key", "bwrap_pid", "pid1"}                    (after "launch")
   <- {"event": "ready", "key", "bwrap_pid", "agentd_pid"} | {"event": "failed", "key", "error"}
   <- {"event": "exited", "key", "pid", "status"}      (bwrap, or agentd when unisolated)
 
-Isolated spawn: fork A joins the sandbox's cgroups, drops to the sandbox uid and execs bwrap,
-whose payload signals readiness on a pipe. Then fork B joins the cgroups and the namespaces of
-the sandbox (setns), forks C inside its pid namespace and exits; C drops every privilege and
-becomes agentd. C shares the zygote's imported pages copy-on-write, which is what makes a
-sandbox cheap in memory and start time. The zygote dies with its parent (PDEATHSIG), and bwrap
-dies with the zygote (--die-with-parent), so nothing outlives the server.
+"launch" starts the sandbox's bubblewrap, "enter" forks its agentd, "spawn" does both (or, with
+no "bwrap", forks an unisolated agentd). Launch: fork A joins the sandbox's cgroups, drops to
+the sandbox's system uid ("uid") and execs bwrap, whose payload signals readiness on a pipe.
+With "user_uid" (we are root), bwrap waits after creating its user namespace
+(--userns-block-fd) while we write a two-entry uid map: 0 inside is the system uid (bwrap's
+init, its payload, agentd) and 1000 inside is "user_uid" (the sandbox's code), so the code can
+neither signal nor ptrace nor prlimit agentd. Enter: we point our pid_for_children at the
+sandbox's pid namespace, fork C straight into it and point it back; C joins the cgroups and the
+other namespaces (setns), takes agentd's identity (see `_become_agentd`), drops every capability
+and serves. C shares the zygote's imported pages copy-on-write, which is what makes a sandbox
+cheap in memory and start time. A zygote dies with its parent (PDEATHSIG), and bwrap dies with
+its zygote (--die-with-parent), so nothing outlives the server.
 """
 
 from __future__ import annotations
@@ -33,17 +43,30 @@ from agentplex.sandbox import nsutil
 from agentplex.sandbox.bwrap import READY_FD, RUNTIME_DIR, SANDBOX_UID
 
 AGENTD_OOM_SCORE_ADJ = "-500"
+SYSTEM_UID = 0  # agentd's uid inside a sandbox whose user code runs as SANDBOX_UID
+# bwrap makes these as the system uid with mode 0755; the sandbox's code must be able to use them
+_SHARED_DIRS = ("/tmp", "/dev/shm")  # noqa: S108
 
 
 def preload() -> None:
     """Import everything a sandbox will use, so forks inherit it instead of importing."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import logging.config
+    import resource  # noqa: F401  (a C extension: loading it per sandbox costs ~0.5 ms)
+
+    import uvicorn.config
+    import uvicorn.lifespan.off
     import uvicorn.protocols.http.httptools_impl
-    import uvicorn.protocols.websockets.websockets_sansio_impl  # noqa: F401
+    import uvicorn.protocols.websockets.websockets_sansio_impl
 
     import agentplex.sandbox.agentd.app
+    import agentplex.sandbox.agentd.identity
     import agentplex.sandbox.agentd.server  # noqa: F401
+
+    # uvicorn's logging set up once here (agentd passes log_config=None): its handlers write
+    # to fd 2, which each agentd points at its own log
+    logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)
 
     with contextlib.suppress(ImportError):
         import uvloop  # noqa: F401
@@ -57,11 +80,17 @@ def preload() -> None:
 class _Spawn:
     key: str
     req: dict[str, Any]
-    phase: str  # "bwrap" then "agentd"
+    phase: str  # ["userns" ->] "bwrap" [-> "agentd"]
     bwrap_pid: int = 0
     agentd_pid: int = 0
     buf: bytes = b""
     lines: list[str] = field(default_factory=list)
+    ready_fd: int = -1  # the payload's readiness pipe, watched once the uid map is written
+    block_fd: int = -1  # bwrap waits on this until we have written its uid map
+
+
+def _id_map(system: int, user: int) -> str:
+    return f"{SYSTEM_UID} {system} 1\n{SANDBOX_UID} {user} 1\n"
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -81,6 +110,8 @@ class Zygote:
         self.spawns: dict[int, _Spawn] = {}
         self.watch: dict[int, str] = {}
         self.inbuf = b""
+        self.pid = os.getpid()
+        self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
 
     # -- plumbing ------------------------------------------------------------------------------
     def send(self, msg: dict[str, Any]) -> None:
@@ -92,7 +123,7 @@ class Zygote:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         with contextlib.suppress(Exception):
             self.sel.close()
-        for fd in [self.ctl, self.wake_r, self.wake_w, *self.spawns]:
+        for fd in [self.ctl, self.wake_r, self.wake_w, self.own_pidns, *self.spawns]:
             if fd not in keep:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -122,8 +153,12 @@ class Zygote:
             line, self.inbuf = self.inbuf.split(b"\n", 1)
             req = json.loads(line)
             try:
-                if req.get("op") == "spawn":
+                op = req.get("op")
+                if op in ("spawn", "launch"):
                     self._spawn(req)
+                elif op == "enter":
+                    sp = _Spawn(req["key"], req, "agentd", bwrap_pid=int(req["bwrap_pid"]))
+                    self._fork_agentd(sp, int(req["pid1"]))
             except Exception as exc:  # report, never die: other sandboxes depend on us
                 self.send({"event": "failed", "key": req.get("key"), "error": repr(exc)})
 
@@ -153,6 +188,19 @@ class Zygote:
     # -- spawning ------------------------------------------------------------------------------
     def _spawn(self, req: dict[str, Any]) -> None:
         r, w = os.pipe()
+        if req.get("bwrap") and _split(req):
+            info_r, info_w = os.pipe()
+            block_r, block_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                self._exec_bwrap(req, w, userns=(block_r, info_w))
+            os.close(block_r)
+            os.close(info_w)
+            sp = _Spawn(req["key"], req, "userns", bwrap_pid=pid, ready_fd=r, block_fd=block_w)
+            os.close(w)
+            self.watch[pid] = req["key"]
+            self._watch_pipe(info_r, sp)
+            return
         if req.get("bwrap"):
             pid = os.fork()
             if pid == 0:
@@ -168,16 +216,27 @@ class Zygote:
         self.watch[pid] = req["key"]
         self._watch_pipe(r, sp)
 
-    def _exec_bwrap(self, req: dict[str, Any], w: int) -> NoReturn:
+    def _exec_bwrap(
+        self, req: dict[str, Any], w: int, userns: tuple[int, int] | None = None
+    ) -> NoReturn:
         log = -1
         try:
-            self._in_child(keep={w})
+            self._in_child(keep={w, *(userns or ())})
             log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             _join_cgroups(req)
             w = fcntl.fcntl(w, fcntl.F_DUPFD, 3)  # a low number: sh can't redirect to fd >= 10
             runtime = req["runtime"]
             args = [a.replace(RUNTIME_DIR, runtime).replace(READY_FD, str(w)) for a in req["bwrap"]]
-            nsutil.prepare_view(req.get("expose") or {}, [(req["workspace"], f"{runtime}/ws")])
+            if userns is not None:  # wait for us to write the uid map (see `_map_ids`)
+                block, info = userns
+                os.set_inheritable(block, True)
+                os.set_inheritable(info, True)
+                extra = ["--unshare-user", "--userns-block-fd", str(block), "--info-fd", str(info)]
+                args[1:1] = extra
+            binds = [(req["workspace"], f"{runtime}/ws")]
+            if req.get("layer"):  # a custom template's layer, seen by bwrap at <runtime>/layer
+                binds.append((req["layer"], f"{runtime}/layer"))
+            nsutil.prepare_view(req.get("expose") or {}, binds)
             null = os.open(os.devnull, os.O_RDWR)
             os.dup2(null, 0)
             os.dup2(null, 1)
@@ -200,6 +259,13 @@ class Zygote:
             data = os.read(fd, 4096)
         except BlockingIOError:
             return
+        if sp.phase == "userns":
+            sp.buf += data
+            if data and b"}" not in sp.buf:
+                return
+            self._close_pipe(fd)
+            self._map_ids(sp)
+            return
         if not data:
             self._close_pipe(fd)
             self._fail(sp, "the sandbox exited during start-up")
@@ -212,9 +278,7 @@ class Zygote:
         while b"\n" in sp.buf:
             line, sp.buf = sp.buf.split(b"\n", 1)
             text = line.decode()
-            if text.startswith("pid "):
-                sp.agentd_pid = int(text[4:])
-            elif text == "ready":
+            if text == "ready":
                 self._close_pipe(fd)
                 self.send(
                     {
@@ -227,6 +291,27 @@ class Zygote:
                 return
             elif text.startswith("error "):
                 sp.lines.append(text[6:])
+
+    def _map_ids(self, sp: _Spawn) -> None:
+        """bwrap's user namespace exists: write its uid/gid maps, let it go on, await ready."""
+        text, sp.buf = sp.buf.decode(errors="replace"), b""
+        try:
+            child = int(json.loads(text)["child-pid"])
+            ids = _id_map(int(sp.req["uid"]), int(sp.req["user_uid"]))
+            for name in ("uid_map", "gid_map"):
+                with open(f"/proc/{child}/{name}", "w") as f:
+                    f.write(ids)
+            os.write(sp.block_fd, b"x")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            sp.lines.append(f"setting up the user namespace failed: {exc!r} ({text.strip()!r})")
+            os.close(sp.ready_fd)
+            self._fail(sp, "the sandbox did not start")
+            return
+        finally:
+            os.close(sp.block_fd)
+            sp.block_fd = -1
+        sp.phase = "bwrap"
+        self._watch_pipe(sp.ready_fd, sp)
 
     def _fail(self, sp: _Spawn, why: str) -> None:
         detail = "; ".join(sp.lines)
@@ -245,13 +330,40 @@ class Zygote:
         except (OSError, ValueError, IndexError):
             self._fail(sp, "bubblewrap did not start the sandbox")
             return
+        if sp.req.get("op") == "launch":  # another zygote forks its agentd ("enter")
+            self.send({"event": "launched", "key": sp.key, "bwrap_pid": sp.bwrap_pid, "pid1": pid1})
+            return
+        self._fork_agentd(sp, pid1)
+
+    def _fork_agentd(self, sp: _Spawn, pid1: int) -> None:
+        """Fork agentd (process C) straight into the sandbox's pid namespace: setns(pid) only
+        sets where our *children* go, so we point it at the sandbox for one fork and back."""
         r, w = os.pipe()
-        pid = os.fork()
+        pid = -1
+        try:
+            pidns = os.open(f"/proc/{pid1}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                nsutil.setns(pidns, "pid")
+                try:
+                    pid = os.fork()
+                finally:
+                    if pid != 0:  # in the child it must stay: agentd's children live there
+                        nsutil.setns(self.own_pidns, "pid")
+            finally:
+                if pid != 0:
+                    os.close(pidns)
+        except OSError as exc:  # e.g. the sandbox died meanwhile (its pid namespace is gone)
+            os.close(r)
+            os.close(w)
+            sp.lines.append(_describe(exc))
+            self._fail(sp, "the sandbox exited during start-up")
+            return
         if pid == 0:
             self._in_child(keep={w})
-            _join_and_fork(sp.req, pid1, w)
+            _enter_sandbox(sp.req, pid1, w)
         os.close(w)
         sp.phase = "agentd"
+        sp.agentd_pid = pid
         self._watch_pipe(r, sp)
 
 
@@ -264,10 +376,28 @@ def _describe(exc: BaseException) -> str:
     return f"{exc!r}{where}"
 
 
+_ROOT = os.geteuid() == 0  # evaluated in the zygote: inside a sandbox, euid 0 is unmapped
+
+
+def _split(req: dict[str, Any]) -> bool:
+    """Whether agentd and the sandbox's code get different uids (needs root to map two)."""
+    return req.get("user_uid") is not None and req.get("uid") is not None and _ROOT
+
+
 def _join_cgroups(req: dict[str, Any]) -> None:
     for path in req.get("cgroup_procs", []):
         with open(path, "w") as f:
             f.write("0")
+
+
+def _open_cgroup_stats(req: dict[str, Any]) -> None:
+    """agentd reports its sandbox's own usage from these (it has no /sys): read-only fds,
+    opened while we still see the host's cgroup file system."""
+    fds: dict[str, int] = {}
+    for name, path in (req.get("cgroup_stats") or {}).items():
+        with contextlib.suppress(OSError):
+            fds[name] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    req["agentd"]["cgroup_fds"] = fds
 
 
 def _protect_from_oom() -> None:
@@ -277,36 +407,57 @@ def _protect_from_oom() -> None:
         f.write(AGENTD_OOM_SCORE_ADJ)
 
 
-def _join_and_fork(req: dict[str, Any], pid1: int, w: int) -> NoReturn:
-    """Process B: enter the sandbox, fork agentd inside its pid namespace, report its pid."""
+def _enter_sandbox(req: dict[str, Any], pid1: int, w: int) -> NoReturn:
+    """Process C, already in the sandbox's pid namespace: join its cgroups and its other
+    namespaces (the user namespace last: we are root until then), then become agentd."""
     try:
         _join_cgroups(req)
+        _open_cgroup_stats(req)
         _protect_from_oom()
         os.setgroups([])
-        nsutil.enter_namespaces(pid1)
-        pid = os.fork()
-        if pid == 0:
-            _become_agentd(req, w, isolated=True)
-        _write_all(w, f"pid {pid}\n".encode())
+        nsutil.enter_namespaces(pid1, tuple(n for n in nsutil.NAMESPACES if n != "pid"))
     except BaseException as exc:
         with contextlib.suppress(OSError):
             _write_all(w, f"error {_describe(exc)}\n".encode())
-    os._exit(0)
+        os._exit(1)
+    _become_agentd(req, w, isolated=True)
 
 
 def _become_agentd(req: dict[str, Any], w: int, *, isolated: bool) -> NoReturn:
-    """Process C: drop privileges and serve the data plane until killed."""
+    """Process C: drop privileges and serve the data plane until killed.
+
+    Split identities: real and saved uid SYSTEM_UID (no process of the sandbox's code has it,
+    so none can signal, ptrace or prlimit agentd), effective (so file system) uid SANDBOX_UID:
+    agentd reads and writes the workspace as the code does, and its children become the
+    sandbox user without any capability (see agentd/identity.py)."""
     try:
         os.setsid()
-        if isolated:
+        nsutil.set_process_name("agentd")
+        if isolated and _split(req):
+            os.chdir("/")
+            for path in _SHARED_DIRS:
+                with contextlib.suppress(OSError):
+                    os.chmod(path, 0o1777)  # noqa: S103 (sticky, like any /tmp)
+            os.setresgid(SYSTEM_UID, SANDBOX_UID, SYSTEM_UID)
+            os.setresuid(SYSTEM_UID, SANDBOX_UID, SYSTEM_UID)
+            req["agentd"]["user_uid"] = SANDBOX_UID
+        elif isolated:
             os.chdir("/")
             os.setresgid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID)
             os.setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID)
         else:
             nsutil.set_pdeathsig(signal.SIGKILL)
             _join_cgroups(req)
+            _open_cgroup_stats(req)
             _protect_from_oom()
         nsutil.drop_privileges()
+        if isolated and _split(req):
+            nsutil.set_dumpable(False)  # its /proc entries (fds, environ, mem) closed to the code
+        from agentplex.sandbox.agentd import identity
+
+        identity.configure(req["agentd"].get("user_uid"))
+        os.chdir(req["agentd"]["workspace_real"])  # as the code: it may have made it private
+        identity.as_system()  # the log and the socket are agentd's, not the code's
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1):
             os.dup2(null, fd)
@@ -324,7 +475,6 @@ def _become_agentd(req: dict[str, Any], w: int, *, isolated: bool) -> NoReturn:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         os.environ.clear()
         os.environ.update(req.get("environ", {}))
-        os.chdir(req["agentd"]["workspace_real"])
         from agentplex.sandbox.agentd.config import AgentConfig
         from agentplex.sandbox.agentd.server import serve
 

@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agentplex.sandbox.agentd import identity
 from agentplex.sandbox.agentd.config import AgentConfig
 from agentplex.sandbox.agentd.errors import AgentError, invalid
 from agentplex.sandbox.agentd.kernel import PythonKernel
 from agentplex.sandbox.agentd.paths import PathMapper
 from agentplex.sandbox.agentd.processes import OutputSink, ProcessRegistry, RunResult, run_process
+from agentplex.sandbox.agentd.usage import CgroupUsage
 
 LANGUAGES = {
     "python": "python",
@@ -69,6 +71,7 @@ class Agent:
         self.executions = 0
         self.notice = ""  # why the host ended this sandbox's processes (quota), told once
         self.quota_limit = 0  # set while the workspace is over its disk quota
+        self.usage = CgroupUsage(cfg.cgroup_fds)
 
     def reset(self, reason: str) -> int:
         """End every process of the sandbox except agentd itself; how many were signalled."""
@@ -122,7 +125,7 @@ class Agent:
 
     def set_env(self, env: dict[str, str]) -> None:
         self.env = env
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError), identity.own_files():
             path = os.path.join(self.cfg.state_dir, "env.json")
             with open(path + ".tmp", "w") as f:
                 json.dump(env, f)

@@ -20,4 +20,6 @@ class AgentConfig:
     sandbox_id: str = ""
     template: str = "python"
     eager_kernel: bool = False  # fork the Python kernel right away instead of on first use
+    user_uid: int | None = None  # the code's uid when it differs from agentd's (identity.py)
+    cgroup_fds: dict[str, int] = field(default_factory=dict)  # see usage.py
     started_at: float = field(default_factory=time.time)

@@ -12,11 +12,14 @@ import codecs
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import time
 from typing import Any
 
+from agentplex.sandbox import nsutil
+from agentplex.sandbox.agentd import identity
 from agentplex.sandbox.agentd.processes import OutputSink, RunResult, kill_group, make_victim
 
 INTERRUPT_GRACE = 2.0
@@ -57,6 +60,8 @@ class PythonKernel:
         if pid == 0:  # the kernel process
             try:
                 os.setsid()
+                identity.become_user()
+                nsutil.set_process_name("python3 (kernel)")  # not "agentd": pkill agentd spares it
                 os.dup2(out_w, 1)
                 os.dup2(err_w, 2)
                 ctl = os.dup2(child.fileno(), 3, inheritable=False)
@@ -114,7 +119,7 @@ class PythonKernel:
                     sig = os.WTERMSIG(status)
                     how = f"was killed by {signal.Signals(sig).name}"
                     if sig == signal.SIGKILL:
-                        how += " (out of memory, or killed after a timeout)"
+                        how += " (out of memory, a timeout, or a kill by the sandbox's own code)"
                 else:
                     how = f"exited with code {os.WEXITSTATUS(status)}"
         loop = asyncio.get_running_loop()
@@ -147,10 +152,19 @@ class PythonKernel:
         base_env: dict[str, str],
         timeout: float | None,  # noqa: ASYNC109
         sink: OutputSink | None = None,
+        warm: bool = False,
     ) -> RunResult:
-        """Run `code` in the kernel; rich fields land in `RunResult.extra`."""
+        """Run `code` in the kernel; rich fields land in `RunResult.extra`. `warm`: a
+        throwaway cell that leaves no history (the kernel's first cell touches many pages)."""
         async with self.lock:
             start = time.perf_counter()
+            lost = ""
+            if self.alive and self._exited():
+                # killed between executions (by the sandbox's own code, e.g. `kill -9 -1`)
+                lost = (
+                    f"The Python kernel {self._reap()} since the last execution; its variables"
+                    " are lost and this execution ran in a fresh kernel\n"
+                )
             if not self.alive:
                 await self._spawn()
             assert self._writer is not None
@@ -159,11 +173,17 @@ class PythonKernel:
             self._seq += 1
             req = {"id": self._seq, "code": code, "workdir": workdir, "env": env}
             req["base_env"] = base_env
-            self._writer.write(json.dumps(req).encode() + b"\n")
+            # a pooled sandbox's kernel was forked before /_configure lowered agentd's limit
+            req["fsize"] = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+            if warm:
+                req["warm"] = True
             timed_out = False
             note = ""
             try:
+                self._writer.write(json.dumps(req).encode() + b"\n")
                 reply = await self._reply(self._seq, timeout)
+            except ConnectionError:  # it died just now: reported below like any other death
+                reply = None
             except TimeoutError:
                 timed_out = True
                 kill_group(self.pid, signal.SIGINT)
@@ -187,7 +207,7 @@ class PythonKernel:
                     )
                 reply = {"success": False, "exit_code": 137, "kernel_died": True}
             self._sink = None
-            stderr = "".join(self._parts["stderr"]) + note
+            stderr = lost + "".join(self._parts["stderr"]) + note
             if note and sink is not None:
                 sink("stderr", note)
             extra = {k: v for k, v in reply.items() if k not in ("id", "success", "exit_code")}
@@ -200,6 +220,14 @@ class PythonKernel:
                 pid=self.pid,
                 extra=extra,
             )
+
+    def _exited(self) -> bool:
+        """Whether the kernel process is gone (a zombie we have not reaped yet)."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except (OSError, IndexError):
+            return True
 
     def close(self) -> None:
         if self.pid:

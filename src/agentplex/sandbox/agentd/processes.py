@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentplex.sandbox.agentd import identity
+
 OutputSink = Callable[[str, str], None]  # (stream name "stdout"|"stderr", text)
 MAX_CAPTURE = 8 * 1024 * 1024  # per stream; the rest is dropped with a marker
 # agentd protects itself from the OOM killer; everything it starts is a preferred victim.
@@ -31,8 +33,16 @@ class RunResult:
 
 def make_victim(pid: int) -> None:
     """Make `pid` (and what it forks later) the OOM killer's choice before agentd."""
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/oom_score_adj", "w") as f:
-        f.write(CHILD_OOM_SCORE_ADJ)
+    path = f"/proc/{pid}/oom_score_adj"
+    try:
+        with open(path, "w") as f:
+            f.write(CHILD_OOM_SCORE_ADJ)
+    except PermissionError:
+        # not exec'd yet, so still not dumpable: its /proc entries belong to agentd's own uid
+        with contextlib.suppress(OSError), identity.own_files(), open(path, "w") as f:
+            f.write(CHILD_OOM_SCORE_ADJ)
+    except OSError:
+        pass
 
 
 def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
@@ -111,8 +121,10 @@ async def run_process(
 ) -> RunResult:
     """Run argv to completion (or until `timeout`, then kill its whole group)."""
     start = time.perf_counter()
+    argv, as_user = identity.spawn(argv)
     proc = await asyncio.create_subprocess_exec(
         *argv,
+        **as_user,
         cwd=cwd,
         env=env,
         stdin=asyncio.subprocess.DEVNULL,

@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -134,9 +135,19 @@ def _rich(outputs: list[dict[str, Any]], result: dict[str, Any]) -> dict[str, An
     return rich
 
 
+def _lower_fsize(limit: Any) -> None:
+    """Take agentd's (possibly lowered) file size limit; limits only ever go down."""
+    if not isinstance(limit, int) or limit == resource.RLIM_INFINITY or limit < 0:
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft == resource.RLIM_INFINITY or limit < soft:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
 def _execute(req: dict[str, Any]) -> dict[str, Any]:
     _OUTPUTS.clear()
     _RESULT.clear()
+    _lower_fsize(req.get("fsize"))
     try:
         os.chdir(req.get("workdir") or "/workspace")
     except OSError as exc:
@@ -144,8 +155,14 @@ def _execute(req: dict[str, Any]) -> dict[str, Any]:
     saved = {k: os.environ.get(k) for k in req.get("env", {})}
     os.environ.update(req.get("base_env", {}))
     os.environ.update(req.get("env", {}))
+    # The kernel was forked from a pre-imported interpreter, so PYTHONPATH (a custom template's
+    # layer) must be applied to sys.path by hand.
+    for entry in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+        if entry and entry not in sys.path:
+            sys.path.insert(0, entry)
     try:
-        res = _SHELL.run_cell(req["code"], store_history=True)
+        # a warm-up cell (see agentd's /_warm) leaves no trace: no history, no execution count
+        res = _SHELL.run_cell(req["code"], store_history=not req.get("warm"))
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -25,6 +25,7 @@ def serve(cfg: AgentConfig, notify_fd: int | None = None) -> None:
 
     import uvicorn
 
+    from agentplex.sandbox.agentd import identity
     from agentplex.sandbox.agentd.app import build_app
 
     _load_env(cfg)
@@ -40,6 +41,7 @@ def serve(cfg: AgentConfig, notify_fd: int | None = None) -> None:
         http="httptools",
         ws="websockets-sansio",
         lifespan="off",
+        log_config=None,  # configured once in the zygote (see zygote.preload)
         log_level="warning",
         access_log=False,
         timeout_keep_alive=300,
@@ -51,6 +53,7 @@ def serve(cfg: AgentConfig, notify_fd: int | None = None) -> None:
     class _Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
+            identity.as_user()  # the socket is bound: from now on, files are the code's
             if notify_fd is not None:
                 os.write(notify_fd, b"ready\n")
                 os.close(notify_fd)

@@ -17,6 +17,7 @@ from typing import Any
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from agentplex.sandbox.agentd import identity
 from agentplex.sandbox.agentd.agent import Agent, parse_env, parse_timeout
 from agentplex.sandbox.agentd.errors import AgentError
 from agentplex.sandbox.agentd.processes import kill_group, make_victim
@@ -129,6 +130,7 @@ async def terminal(ws: WebSocket) -> None:
     pid, master = os.forkpty()
     if pid == 0:  # the shell
         try:
+            identity.become_user()
             os.chdir(cwd)
             os.execve(shell, [shell, "-i"], env)  # noqa: S606
         finally:

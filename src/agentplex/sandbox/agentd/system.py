@@ -114,26 +114,46 @@ def _proc_count() -> int:
 
 
 async def metrics(request: Request) -> JSONResponse:
+    """The sandbox's own memory, CPU and pids (its cgroups); host-wide figures without them."""
     agent = _agent(request)
-    mem = _meminfo()
-    total = mem.get("MemTotal", 0)
-    used = total - mem.get("MemAvailable", 0)
-    load = os.getloadavg()
-    cpus = os.cpu_count() or 1
     disk = shutil.disk_usage(agent.cfg.workspace_real)
-    body: dict[str, Any] = {
-        "timestamp": time.time(),
-        "uptime": round(time.time() - agent.started, 3),
-        "system": {
-            "cpu": {"usage_percent": round(min(100.0, load[0] / cpus * 100), 2), "cores": cpus},
+    own = agent.usage.snapshot()
+    if own is not None:
+        mem = own["memory"]
+        system: dict[str, Any] = {
+            "cpu": {"usage_percent": own["cpu"]["usage_percent"], "cores": own["cpu"]["cores"]},
+            "memory": {
+                "total": mem["total"],
+                "used": mem["used"],
+                "usage_percent": mem["usage_percent"],
+            },
+        }
+        count = own["pids"]["current"]
+    else:
+        info = _meminfo()
+        total = info.get("MemTotal", 0)
+        used = total - info.get("MemAvailable", 0)
+        cpus = os.cpu_count() or 1
+        system = {
+            "cpu": {
+                "usage_percent": round(min(100.0, os.getloadavg()[0] / cpus * 100), 2),
+                "cores": cpus,
+            },
             "memory": {
                 "total": total,
                 "used": used,
                 "usage_percent": round(used / total * 100, 2) if total else 0.0,
             },
-            "disk": {"total": disk.total, "used": disk.used, "free": disk.free},
-        },
-        "process": {"count": _proc_count()},
+        }
+        count = None
+    system["disk"] = {"total": disk.total, "used": disk.used, "free": disk.free}
+    body: dict[str, Any] = {
+        "timestamp": time.time(),
+        "uptime": round(time.time() - agent.started, 3),
+        "source": "cgroup" if own is not None else "host",
+        "system": system,
+        "sandbox": own,
+        "process": {"count": count if count is not None else _proc_count()},
         "executions": {"total": agent.executions, "background": len(agent.procs.procs)},
         "cache": {"size": 0},
     }
@@ -157,6 +177,23 @@ async def configure(request: Request) -> JSONResponse:
     return JSONResponse({"success": True})
 
 
+async def warm(request: Request) -> JSONResponse:
+    """Host-only, for pooled sandboxes: run one throwaway request and kernel cell now, so the
+    pages a first request touches (copy-on-write from the zygote) are copied before anyone
+    waits for them."""
+    agent = _agent(request)
+    if agent.cfg.eager_kernel:
+        await agent.kernel.execute(
+            "print('', end='')",
+            workdir=agent.cfg.workspace_real,
+            env={},
+            base_env=agent.base_env(),
+            timeout=30,
+            warm=True,
+        )
+    return JSONResponse({"success": True})
+
+
 async def reset(request: Request) -> JSONResponse:
     """Host-only: end every process but agentd (quota exceeded), saying why."""
     agent = _agent(request)
@@ -171,6 +208,7 @@ async def reset(request: Request) -> JSONResponse:
 routes = [
     Route("/_configure", configure, methods=["POST"]),
     Route("/_reset", reset, methods=["POST"]),
+    Route("/_warm", warm, methods=["POST"]),
     Route("/health", health, methods=["GET"]),
     Route("/info", info, methods=["GET"]),
     Route("/env", get_env, methods=["GET"]),
