@@ -133,3 +133,19 @@ async def test_pool_survives_failing_spawns() -> None:
     assert pool.last_error == "RuntimeError: boom"
     assert pool.take(False) == 2
     await pool.close()
+
+
+def test_python_trees_under_tmp_stay_walkable_for_the_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A checkout under /tmp (its .venv, its src) is bound into the sandbox's fresh /tmp; the
+    # parents bwrap creates for it must not be 0700, or the code's uid can't import from it.
+    from agentplex.sandbox import bwrap
+
+    monkeypatch.setattr(bwrap, "tmp_trees", lambda: ["/tmp/ci/main/.venv", "/tmp/ci/main/src"])
+    args = bwrap.bwrap_command("bwrap", hidden=[], internet=False)
+    text = " ".join(args)
+    assert "--perms 0755 --dir /tmp/ci --perms 0755 --dir /tmp/ci/main --ro-bind" in text
+    assert text.count("--dir /tmp/ci/main ") == 1
+    assert text.index("--tmpfs /tmp") < text.index("--dir /tmp/ci")
+    assert "--ro-bind /tmp/ci/main/src /tmp/ci/main/src" in text

@@ -75,7 +75,7 @@ def bwrap_command(
         "/tmp",  # noqa: S108
         # a Python (or this code) installed under /tmp, e.g. a checkout's .venv, is shown
         # read-only inside the otherwise fresh /tmp
-        *[arg for tree in tmp_trees() for arg in ("--ro-bind", tree, tree)],
+        *_tmp_binds(),
         "--tmpfs",
         "/run",
         # the zygote binds the template's layer at <runtime>/layer (like the workspace)
@@ -99,6 +99,20 @@ def bwrap_command(
         "-c",
         f"printf r >&{READY_FD}; exec sleep infinity",
     ]
+    return args
+
+
+def _tmp_binds() -> list[str]:
+    """Read-only binds of the Python trees under /tmp. bwrap would create their parents mode
+    0700, closing them to the code's uid: create each parent 0755 first."""
+    args: list[str] = []
+    made: set[str] = set()
+    for tree in tmp_trees():
+        for parent in reversed(Path(tree).parents[:-2]):  # below /tmp, above the tree
+            if str(parent) not in made:
+                made.add(str(parent))
+                args += ["--perms", "0755", "--dir", str(parent)]
+        args += ["--ro-bind", tree, tree]
     return args
 
 
