@@ -9,7 +9,13 @@ import shutil
 
 import pytest
 
-from agentplex.sandbox import SandboxManager, SandboxNotRunning, SandboxState
+from agentplex.sandbox import (
+    Resources,
+    SandboxManager,
+    SandboxNotRunning,
+    SandboxState,
+    Template,
+)
 from tests.sandbox.conftest import call, run
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -297,7 +303,32 @@ async def test_metrics_are_the_sandboxs_own(manager: SandboxManager) -> None:
     await manager.delete(h.id)
 
 
+async def test_pooled_sandbox_takes_a_larger_template_limit(manager: SandboxManager) -> None:
+    # pooled sandboxes start with the default template's memory; a template allowing more
+    # must raise the limit (memory+swap first, or the kernel refuses it)
+    big = Template(
+        id="big",
+        name="big",
+        display_name="Big",
+        language="bash",
+        resources=Resources(vcpu=1.0, memory_mb=3000, disk_mb=64),
+    )
+    manager.templates["big"] = big
+    try:
+        await manager.wait_pool(60)
+        handle = await manager.create("big")
+        out = await run(handle, "cat /proc/self/status | grep -c Pid", "bash")
+        assert out["exit_code"] == 0
+        status, body = await call(handle, "GET", "/metrics/snapshot")
+        assert status == 200, body
+        assert json.dumps(body).count(str(3000 * 1024 * 1024)) >= 1, body
+        await manager.delete(handle.id)
+    finally:
+        del manager.templates["big"]
+
+
 async def test_records_survive_manager_restart(manager: SandboxManager) -> None:
+    # last in this module: the second manager clears the first one's pool directories
     h = await manager.create("bash")
     await call(h, "POST", "/files/write", json={"path": "f", "content": "x"})
     async with SandboxManager(

@@ -131,6 +131,12 @@ class SandboxCgroup:
 
     def __init__(self, dirs: dict[str, Path]) -> None:
         self.dirs = dirs
+        self._limits: dict[Path, str] = {}  # what set_limits last wrote, to skip rewrites
+
+    def _limit(self, path: Path, value: str) -> None:
+        if self._limits.get(path) != value:
+            _write(path, value)
+            self._limits[path] = value
 
     @property
     def procs_files(self) -> list[str]:
@@ -150,13 +156,22 @@ class SandboxCgroup:
         """Apply memory (no swap), cpu quota and pid limits."""
         mem = self.dirs["memory"]
         limit = str(res.memory_mb * 1024 * 1024)
-        _write(mem / "memory.limit_in_bytes", limit)
-        with contextlib.suppress(OSError):  # only when swap accounting is enabled
-            _write(mem / "memory.memsw.limit_in_bytes", limit)
-        _write(self.dirs["pids"] / "pids.max", str(res.max_pids))
+        # memory <= memory+swap at every moment: raising, the memsw limit goes first
+        memsw = mem / "memory.memsw.limit_in_bytes"
+        try:
+            current = int((mem / "memory.limit_in_bytes").read_text())
+        except (OSError, ValueError):
+            current = 0
+        if int(limit) > current:
+            with contextlib.suppress(OSError):  # only when swap accounting is enabled
+                self._limit(memsw, limit)
+        self._limit(mem / "memory.limit_in_bytes", limit)
+        with contextlib.suppress(OSError):
+            self._limit(memsw, limit)
+        self._limit(self.dirs["pids"] / "pids.max", str(res.max_pids))
         cpu = self.dirs["cpu"]
-        _write(cpu / "cpu.cfs_period_us", "100000")
-        _write(cpu / "cpu.cfs_quota_us", str(max(1000, int(res.vcpu * 100000))))
+        self._limit(cpu / "cpu.cfs_period_us", "100000")
+        self._limit(cpu / "cpu.cfs_quota_us", str(max(1000, int(res.vcpu * 100000))))
 
     def pids(self) -> list[int]:
         try:
