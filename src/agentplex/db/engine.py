@@ -1,12 +1,15 @@
 """Database engine set-up. Every SQLite pragma and the transaction modes live here.
 
 SQLite runs in WAL mode with foreign keys on. Reads use deferred transactions; writes use
-``BEGIN IMMEDIATE`` so two writers never deadlock upgrading a read lock, they queue on the
-busy timeout instead. PostgreSQL is used as is.
+``BEGIN IMMEDIATE`` so two writers never deadlock upgrading a read lock; within a process
+writers queue on an asyncio lock, between processes on the busy timeout. PostgreSQL is used
+as is.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,6 +37,9 @@ class Database:
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        self._write_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
         if self.is_sqlite:
             self._install_sqlite_hooks(busy_timeout_ms)
 
@@ -65,9 +71,18 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A connection in a write transaction, committed on success."""
-        async with self.engine.connect() as conn:
-            if self.is_sqlite:
-                conn = await conn.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
+        if not self.is_sqlite:
+            async with self.engine.connect() as conn, conn.begin():
+                yield conn
+            return
+        # SQLite has one writer at a time. Queue this process's writers here, in order, rather
+        # than in SQLite's busy handler, which sleeps (up to 100 ms a try) and starves bursts.
+        loop = asyncio.get_running_loop()
+        lock = self._write_locks.get(loop)
+        if lock is None:
+            lock = self._write_locks[loop] = asyncio.Lock()
+        async with lock, self.engine.connect() as conn:
+            conn = await conn.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
             async with conn.begin():
                 yield conn
 
