@@ -80,6 +80,9 @@ class SandboxService:
         self.templates = templates
         self.settings = settings
         self._sweeper: asyncio.Task[None] | None = None
+        # sandbox id -> environment, for sandboxes of this process: a sandbox never changes
+        # environment, so the data-plane proxy need not read its record on every request
+        self._env_of: dict[str, str] = {}
         # told of every token issued (the authenticator pre-trusts it)
         self.on_token: Callable[[str, SandboxRecord], None] | None = None
 
@@ -148,6 +151,7 @@ class SandboxService:
             with contextlib.suppress(Exception):
                 await self.manager.delete(sandbox_id)
             raise
+        self._env_of[sandbox_id] = env_id
         if self.on_token is not None:
             self.on_token(token, record)
         return record, token
@@ -165,6 +169,12 @@ class SandboxService:
         async with self.db.read() as conn:
             return await records.get(conn, env_id, sandbox_id)
 
+    async def check_owner(self, env_id: str, sandbox_id: str) -> None:
+        """Raise SandboxNotFound unless the sandbox belongs to environment ``env_id``."""
+        if self._env_of.get(sandbox_id) != env_id:
+            await self.get(env_id, sandbox_id)
+            self._env_of[sandbox_id] = env_id
+
     async def page(
         self, env_id: str, *, status: str | None, limit: int, cursor: str | None
     ) -> tuple[list[SandboxRecord], str | None]:
@@ -178,6 +188,7 @@ class SandboxService:
             await self.manager.delete(record.id)
         async with self.db.write() as conn:
             await records.delete(conn, record.id)
+        self._env_of.pop(record.id, None)
 
     async def stop(self, env_id: str, sandbox_id: str, reason: str | None = None) -> SandboxRecord:
         record = await self.get(env_id, sandbox_id)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
 import pytest
 
+from agentplex.core import apikeys, environments
+from agentplex.core.clock import new_id, utcnow
+from agentplex.db import tables
+from agentplex.db.engine import Database
 from agentplex.settings import Settings
 from tests.conftest import LiveServer, SettingsFactory
 
@@ -151,3 +156,40 @@ def test_sandboxes_come_back_stopped_after_a_restart(settings: Settings) -> None
         )
         assert read.json()["content"] == "survives"
         http.delete(f"/v1/sandboxes/{sid}")
+
+
+def test_keys_of_another_environment_see_nothing(make_settings: SettingsFactory) -> None:
+    settings = make_settings(sandbox={"pool_size": 1}, auth={"api_key": "admin-key"})
+
+    async def other_environment_key() -> str:
+        db = Database(settings.database.url.get_secret_value())
+        try:
+            async with db.write() as conn:
+                env = environments.Environment(new_id(), new_id(), "other", True, 5, 100, utcnow())
+                await conn.execute(tables.environments.insert().values(**environments._row(env)))
+                _key, plaintext = await apikeys.create(conn, env.id, "other")
+        finally:
+            await db.dispose()
+        return plaintext
+
+    with (
+        LiveServer(settings) as server,
+        httpx.Client(base_url=server.url, timeout=30, headers={"X-API-Key": "admin-key"}) as http,
+    ):
+        sandbox = _create(http)
+        # its own key reaches it (and the proxy remembers whose it is)
+        ok = http.post(f"{sandbox['public_host']}/commands/run", json={"command": "echo ok"})
+        assert ok.json()["stdout"].strip() == "ok"
+        foreign = {"X-API-Key": asyncio.run(other_environment_key())}
+        for method, url in (
+            ("POST", f"{sandbox['public_host']}/commands/run"),
+            ("GET", f"{sandbox['public_host']}/files/list?path=/workspace"),
+            ("GET", f"{server.url}/v1/sandboxes/{sandbox['id']}"),
+            ("DELETE", f"{server.url}/v1/sandboxes/{sandbox['id']}"),
+        ):
+            response = httpx.request(
+                method, url, headers=foreign, json={"command": "echo x"}, timeout=30
+            )
+            assert response.status_code == 404, (method, url, response.text)
+            assert response.json()["code"] == "SANDBOX_NOT_FOUND"
+        assert http.get(f"/v1/sandboxes/{sandbox['id']}").json()["status"] == "running"

@@ -40,7 +40,7 @@ async def _authorize(svc: SandboxService, principal: Principal, sandbox_id: str)
         if principal.sandbox_id != sandbox_id:
             raise Forbidden("This token belongs to another sandbox")
         return
-    await svc.get(principal.env_id, sandbox_id)  # NotFound outside the key's environment
+    await svc.check_owner(principal.env_id, sandbox_id)  # NotFound outside its environment
 
 
 async def proxy_http(request: Request) -> Response:
