@@ -13,7 +13,6 @@ opens a WebSocket to agentd over the same socket; relay frames both ways to prox
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,9 +21,16 @@ from typing import Any
 
 import httpx
 
-from agentplex.sandbox.errors import SandboxError, SandboxNotRunning
+from agentplex.sandbox.errors import SandboxNotRunning
 from agentplex.sandbox.state import SandboxState
 from agentplex.sandbox.templates import Template
+
+
+def agentd_client(socket_path: str) -> httpx.AsyncClient:
+    """An HTTP client for one agentd's unix socket (~1 ms to build: build it off the hot path)."""
+    # verify=False: no TLS on a unix socket, and loading the CA bundle costs ~20 ms
+    transport = httpx.AsyncHTTPTransport(uds=socket_path, verify=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://sandbox", timeout=None)  # noqa: S113
 
 
 @dataclass
@@ -41,7 +47,6 @@ class SandboxHandle:
     reason: str = ""  # why the sandbox last stopped on its own (OOM, quota, crash), if it did
     _key: str = field(default="", repr=False)
     _client: httpx.AsyncClient | None = field(default=None, repr=False)
-    _setup: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (the HTTP layer adds tokens, hosts and expiry)."""
@@ -68,29 +73,13 @@ class SandboxHandle:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            # verify=False: no TLS on a unix socket, and loading the CA bundle costs ~20 ms
-            transport = httpx.AsyncHTTPTransport(uds=self._running_socket(), verify=False)
-            self._client = httpx.AsyncClient(
-                transport=transport,
-                base_url="http://sandbox",
-                timeout=None,  # noqa: S113
-            )
+            self._client = agentd_client(self._running_socket())
         return self._client
 
-    def defer(self, method: str, path: str, *, json: Any = None) -> None:
-        """Send a host request (a pooled sandbox's /_configure) in the background: whoever
-        created the sandbox need not wait for it, the first request through the handle does."""
-
-        async def _setup() -> None:
-            status, _, body = await self._send(method, path, json=json)
-            if status != 200:
-                raise SandboxError(f"{method} {path} on sandbox {self.id} failed: {body[:200]!r}")
-
-        self._setup = asyncio.get_running_loop().create_task(_setup())
-
-    async def _ready(self) -> None:
-        if self._setup is not None:
-            await asyncio.shield(self._setup)  # a cancelled request must not cancel the setup
+    def adopt(self, client: httpx.AsyncClient | None) -> None:
+        """Use a client already connected to this sandbox's agentd (the warm pool's)."""
+        if client is not None and self._client is None:
+            self._client = client
 
     async def request(
         self,
@@ -105,7 +94,6 @@ class SandboxHandle:
     ) -> tuple[int, httpx.Headers, bytes]:
         """Send one HTTP request to agentd; (status, headers, body) exactly as agentd answered."""
         self._running_socket()
-        await self._ready()
         return await self._send(
             method,
             path,
@@ -152,7 +140,6 @@ class SandboxHandle:
         from websockets.asyncio.client import unix_connect
 
         sock = self._running_socket()
-        await self._ready()
         async with unix_connect(
             sock,
             f"ws://sandbox{path}",
@@ -164,11 +151,6 @@ class SandboxHandle:
 
     async def aclose(self) -> None:
         """Drop the pooled connections to agentd (the manager calls this on stop/delete)."""
-        if self._setup is not None:
-            setup, self._setup = self._setup, None
-            setup.cancel()
-            with contextlib.suppress(BaseException):
-                await setup
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()

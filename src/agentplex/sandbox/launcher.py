@@ -11,7 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import httpx
 from agentplex.sandbox.bwrap import bwrap_command, exposed_trees
 from agentplex.sandbox.cgroups import CgroupRoot, SandboxCgroup
 from agentplex.sandbox.errors import SandboxStartFailed
+from agentplex.sandbox.handle import agentd_client
 from agentplex.sandbox.isolation import IsolationInfo
 from agentplex.sandbox.templates import Template
 from agentplex.sandbox.zygote_client import ZygoteClient
@@ -38,6 +39,7 @@ class Runtime:
     bwrap_pid: int
     agentd_pid: int
     internet: bool
+    client: httpx.AsyncClient | None = field(default=None, repr=False)  # connected, when warmed
 
     @property
     def socket_path(self) -> Path:
@@ -63,12 +65,19 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
-async def _warm(socket_path: Path) -> None:
-    transport = httpx.AsyncHTTPTransport(uds=str(socket_path), verify=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as client:
+async def _warm(rt: Runtime) -> None:
+    """A throwaway request (and kernel cell) pays copy-on-write faults before anyone waits; the
+    client, connected, stays with the runtime for the handle that adopts it."""
+    client = agentd_client(str(rt.socket_path))
+    try:
         resp = await client.post("/_warm", timeout=30)
+    except BaseException:
+        await client.aclose()
+        raise
     if resp.status_code != 200:
+        await client.aclose()
         raise SandboxStartFailed(f"warming the sandbox up failed: {resp.text[:200]}")
+    rt.client = client
 
 
 def _signal_tree(root: int, sig: int) -> None:
@@ -204,7 +213,7 @@ class Launcher:
         rt = Runtime(key, runtime, cgroup, msg["bwrap_pid"], msg["agentd_pid"], internet)
         if warm:
             try:
-                await _warm(rt.socket_path)
+                await _warm(rt)
             except BaseException:
                 await self.destroy(rt)
                 raise
@@ -230,6 +239,9 @@ class Launcher:
 
     async def destroy(self, rt: Runtime) -> None:
         """Kill, then remove the sandbox's cgroups and runtime directory."""
+        if rt.client is not None:
+            client, rt.client = rt.client, None
+            await client.aclose()
         await self.kill(rt)
         if rt.cgroup is not None:
             await asyncio.to_thread(rt.cgroup.destroy)

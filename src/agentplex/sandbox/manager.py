@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from agentplex.sandbox.agentd.config import ADOPT_FILE
 from agentplex.sandbox.cgroups import CgroupRoot
 from agentplex.sandbox.errors import (
     IsolationUnavailable,
@@ -249,18 +250,20 @@ class SandboxManager:
         handle.state = SandboxState.STOPPED
         asyncio.get_running_loop().create_task(self._teardown(handle, destroy=True))
 
-    async def _configure(self, handle: SandboxHandle) -> None:
-        # deferred: the first request through the handle waits for it, create() does not
-        handle.defer(
-            "POST",
-            "/_configure",
-            json={
-                "sandbox_id": handle.id,
-                "template": handle.template.id,
-                "env_vars": handle.env_vars,
-                "fsize_bytes": handle.template.resources.disk_mb * 1024 * 1024,
-            },
-        )
+    def _adopt(self, handle: SandboxHandle, rt: Runtime) -> None:
+        """Hand a pooled sandbox its id, env and limits: agentd reads this file before it
+        serves its next request (ADOPT_FILE), so creating costs no round trip."""
+        body = {
+            "sandbox_id": handle.id,
+            "template": handle.template.id,
+            "env_vars": handle.env_vars,
+            "fsize_bytes": handle.template.resources.disk_mb * 1024 * 1024,
+        }
+        # no rename needed: nothing reads it before create() returns. 0644: read by agentd's
+        # own uid, in a directory closed to the code
+        fd = os.open(rt.runtime_dir / ADOPT_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(body))
 
     # -- pool ----------------------------------------------------------------------------------
     async def _pool_spawn(self, internet: bool) -> Runtime:
@@ -324,8 +327,8 @@ class SandboxManager:
             if rt is not None:
                 os.rename(self.sandboxes_dir / f".pool-{rt.key}", home)
                 self._launcher.retarget(rt, home, tpl)
+                self._adopt(handle, rt)
                 self._attach(handle, rt)
-                await self._configure(handle)
             else:
                 rt = await self._launcher.spawn(
                     uuid.uuid4().hex[:12],
@@ -349,6 +352,8 @@ class SandboxManager:
         self._by_key[rt.key] = handle.id
         handle.socket_path = rt.socket_path
         handle._key = rt.key
+        client, rt.client = rt.client, None
+        handle.adopt(client)
         handle.state = next_state(handle.state, "ready")
         handle.reason = ""
 

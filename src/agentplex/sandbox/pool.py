@@ -28,8 +28,12 @@ class WarmPool(Generic[T]):
         parallel: int = 2,
         retry_delay: float = 2.0,
         refill_delay: float = 0.05,
+        max_refill_wait: float = 0.5,
     ) -> None:
         self.refill_delay = refill_delay
+        self.max_refill_wait = max_refill_wait
+        self._timer: asyncio.TimerHandle | None = None
+        self._first_take: float | None = None
         self.sizes = sizes
         self._spawn = spawn
         self._discard = discard
@@ -46,9 +50,25 @@ class WarmPool(Generic[T]):
         """A ready sandbox, or None when the pool is empty (the caller starts one itself)."""
         queue = self.ready.get(internet)
         item = queue.popleft() if queue else None
-        # refill a moment later: forking a new sandbox now would compete with this one's start
-        asyncio.get_running_loop().call_later(self.refill_delay, self.kick)
+        self._refill_soon()
         return item
+
+    def _refill_soon(self) -> None:
+        """Refill once takes pause for `refill_delay` (a burst of creates is answered from the
+        pool before any fork competes with it for the CPU), but never later than
+        `max_refill_wait` after the first take that emptied a slot."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._first_take is None:
+            self._first_take = now
+        if self._timer is not None:
+            self._timer.cancel()
+        at = min(now + self.refill_delay, self._first_take + self.max_refill_wait)
+        self._timer = loop.call_at(at, self._refill_now)
+
+    def _refill_now(self) -> None:
+        self._timer = self._first_take = None
+        self.kick()
 
     def kick(self) -> None:
         """Start refills until every pool is (or will be) full, `parallel` at a time."""
@@ -99,6 +119,8 @@ class WarmPool(Generic[T]):
 
     async def close(self) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
         for task in list(self.tasks):
             task.cancel()
         for task in list(self.tasks):

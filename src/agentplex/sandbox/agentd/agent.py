@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agentplex.sandbox.agentd import identity
-from agentplex.sandbox.agentd.config import AgentConfig
+from agentplex.sandbox.agentd.config import ADOPT_FILE, AgentConfig
 from agentplex.sandbox.agentd.errors import AgentError, invalid
 from agentplex.sandbox.agentd.kernel import PythonKernel
 from agentplex.sandbox.agentd.paths import PathMapper
@@ -122,6 +122,32 @@ class Agent:
         }
         env.update(self.env)
         return env
+
+    def configure(self, body: dict[str, Any]) -> None:
+        """Adopt a pooled sandbox: its id, template, initial environment and file-size limit."""
+        self.cfg.sandbox_id = str(body.get("sandbox_id", self.cfg.sandbox_id))
+        self.cfg.template = str(body.get("template", self.cfg.template))
+        self.set_env(parse_env(body.get("env_vars")))
+        fsize = body.get("fsize_bytes")
+        if isinstance(fsize, int) and fsize > 0:  # only ever lowered: a pooled sandbox starts high
+            import resource
+
+            _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+            if hard == resource.RLIM_INFINITY or fsize <= hard:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    def adopt_if_pending(self) -> None:
+        """Before serving anything, a pooled agentd takes the configuration the host left in
+        ADOPT_FILE when it handed the sandbox out (a file costs the host no request)."""
+        if self.cfg.sandbox_id:
+            return
+        try:
+            with identity.own_files(), open(os.path.join(self.cfg.state_dir, ADOPT_FILE)) as f:
+                body = json.load(f)
+        except (OSError, ValueError):
+            return  # still in the pool
+        if isinstance(body, dict):
+            self.configure(body)
 
     def set_env(self, env: dict[str, str]) -> None:
         self.env = env

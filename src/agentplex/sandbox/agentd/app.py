@@ -15,12 +15,14 @@ from agentplex.sandbox.agentd.errors import AgentError, error_response, request_
 
 
 class _RequestId:
-    """Echo (or mint) X-Request-ID on every HTTP answer."""
+    """Echo (or mint) X-Request-ID on every HTTP answer; adopt first if just handed out."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, agent: Agent) -> None:
         self.app = app
+        self.agent = agent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.agent.adopt_if_pending()
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -68,8 +70,8 @@ def build_app(cfg: AgentConfig) -> Starlette:
             Exception: _crash,
         },
     )
-    app.state.agent = Agent(cfg)
-    app.add_middleware(_RequestId)
+    app.state.agent = agent = Agent(cfg)
+    app.add_middleware(_RequestId, agent=agent)
     return app
 
 

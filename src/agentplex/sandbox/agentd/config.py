@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+# in the state dir: the host writes it when it hands a pooled sandbox out (Agent.adopt_if_pending)
+ADOPT_FILE = "adopt.json"
+
 
 @dataclass
 class AgentConfig:

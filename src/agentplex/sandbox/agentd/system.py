@@ -162,18 +162,7 @@ async def metrics(request: Request) -> JSONResponse:
 
 async def configure(request: Request) -> JSONResponse:
     """Host-only: adopt a pooled sandbox (its id, template and initial environment)."""
-    agent = _agent(request)
-    body = await json_body(request)
-    agent.cfg.sandbox_id = str(body.get("sandbox_id", agent.cfg.sandbox_id))
-    agent.cfg.template = str(body.get("template", agent.cfg.template))
-    agent.set_env(parse_env(body.get("env_vars")))
-    fsize = body.get("fsize_bytes")
-    if isinstance(fsize, int) and fsize > 0:  # only ever lowered: a pooled sandbox starts high
-        import resource
-
-        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-        if hard == resource.RLIM_INFINITY or fsize <= hard:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    _agent(request).configure(await json_body(request))
     return JSONResponse({"success": True})
 
 
