@@ -4,8 +4,9 @@ Starts `agentplex serve` on a loopback port (SQLite in a temporary data director
 key, as in production: the control plane takes the key, the data plane each sandbox's token)
 once with a warm pool of 2, once with a pool of 50 and once without, and prints, in one run:
 
-0. baselines on this machine, now: a bare `bwrap --unshare-all` start, and `python3 -c
-   print(1)` (what "start an interpreter" costs);
+0. baselines on this machine, now: a bare `bwrap --unshare-all` start, `python3 -c
+   print(1)` (what "start an interpreter" costs) and building one `httpx.Client` (the SDK
+   builds a few per sandbox, each loading the CA bundle: most of its figure in 5);
 1. create -> first `print(1)` result, p50 and p95, warm pool and no pool (HTTP: POST
    /v1/sandboxes, then POST {public_host}/execute);
 2. 50 concurrent creates, p95 until each answers `running`: no pool, and a pool of 50;
@@ -120,9 +121,15 @@ def baselines(rounds: int) -> dict[str, float]:
             samples.append((time.perf_counter() - started) * 1000)
         return statistics.median(samples)
 
+    clients = []
+    for _ in range(5):
+        started = time.perf_counter()
+        httpx.Client().close()  # what each client the SDK builds costs (it loads the CA bundle)
+        clients.append((time.perf_counter() - started) * 1000)
     return {
         "bwrap_true_p50_ms": timed(["bwrap", "--unshare-all", "--ro-bind", "/", "/", "true"]),
         "python_print_p50_ms": timed([sys.executable, "-c", "print(1)"]),
+        "httpx_client_p50_ms": statistics.median(clients),
     }
 
 
