@@ -121,7 +121,7 @@ async def _key_count(settings: Settings) -> int:
 def _database(settings: Settings) -> Any:
     from agentplex.db.engine import Database
 
-    settings.server.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.server.ensure_data_dir()
     return Database(settings.database_url, busy_timeout_ms=settings.database.busy_timeout_ms)
 
 

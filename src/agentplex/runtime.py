@@ -72,7 +72,7 @@ class Runtime:
             self.settings.log.format,
             self.settings.log.access_log,
         )
-        self.settings.server.data_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.server.ensure_data_dir()
         await migrate.upgrade(self.db)
         async with self.db.write() as conn:
             env = await environments.ensure_default(conn)

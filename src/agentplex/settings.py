@@ -75,6 +75,15 @@ class ServerSettings(_Subsystem):
         None, description="Base URL clients reach this server at (defaults to http://host:port)."
     )
 
+    def ensure_data_dir(self) -> Path:
+        """Create the data directory, private to the server's user (0700, like a database
+        server's): it holds the database and keys. A looser existing one is tightened."""
+        path = self.data_dir
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
+            path.chmod(0o700)
+        return path
+
 
 class DatabaseSettings(_Subsystem):
     """Where state lives: SQLite in the data directory, or PostgreSQL for scale-out."""

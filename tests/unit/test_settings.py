@@ -78,3 +78,14 @@ def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENTPLEX_PORT", "not-a-port")
     with pytest.raises(ValueError, match="port"):
         load_settings()
+
+
+def test_data_dir_is_created_private_and_a_loose_one_tightened(tmp_path: Path) -> None:
+    fresh = load_settings(None, {"server": {"data_dir": tmp_path / "a" / "data"}})
+    assert fresh.server.ensure_data_dir().stat().st_mode & 0o777 == 0o700
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)
+    settings = load_settings(None, {"server": {"data_dir": loose}})
+    settings.server.ensure_data_dir()
+    assert loose.stat().st_mode & 0o777 == 0o700
