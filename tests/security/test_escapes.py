@@ -1,4 +1,5 @@
-"""Escape attempts against real sandboxes: each must fail, and everything else keep working."""
+"""Escape attempts against real sandboxes (the sandbox layer): each must fail, and everything
+else keep working."""
 
 from __future__ import annotations
 
