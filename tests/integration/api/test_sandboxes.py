@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import time
 
 import httpx
@@ -193,3 +195,43 @@ def test_keys_of_another_environment_see_nothing(make_settings: SettingsFactory)
             assert response.status_code == 404, (method, url, response.text)
             assert response.json()["code"] == "SANDBOX_NOT_FOUND"
         assert http.get(f"/v1/sandboxes/{sandbox['id']}").json()["status"] == "running"
+
+
+def _raw(server: LiveServer, method: str, path: str) -> tuple[int, dict]:
+    """A request whose path goes out exactly as written (httpx would resolve dot segments)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request(method, path, body=b"{}", headers={"content-type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def test_data_plane_paths_cannot_reach_host_routes_or_break_the_proxy(
+    live_server: LiveServer,
+) -> None:
+    with httpx.Client(base_url=live_server.url, timeout=30) as client:
+        sandbox = _create(client)
+    base = f"/sandboxes/{sandbox['id']}"
+    for path in ("/x/../_reset", "/x/%2E%2E/_warm", "/%5Freset", "/./_configure"):
+        status, body = _raw(live_server, "POST", base + path)
+        assert status == 404, (path, body)
+        assert body["code"] == "NOT_FOUND" and "request_id" in body
+    # control characters and other oddities, percent-encoded: a clear 4xx, never a 500
+    for path in ("/%08%F3%9E%97%B9", "/files/read%00", "/%C3%88T%0D%02"):
+        status, body = _raw(live_server, "POST", base + path)
+        assert 400 <= status < 500, (path, status, body)
+        assert body.get("code"), body
+    # a file name with a space and a '#' travels intact
+    with httpx.Client(base_url=live_server.url, timeout=30) as client:
+        wrote = client.post(
+            f"{sandbox['public_host']}/files/write",
+            json={"path": "/workspace/a b#c.txt", "content": "ok"},
+        )
+        assert wrote.status_code == 200, wrote.text
+        read = client.get(
+            f"{sandbox['public_host']}/files/read", params={"path": "/workspace/a b#c.txt"}
+        )
+        assert read.json()["content"] == "ok"
+        assert client.get("/health").json()["status"] == "healthy"

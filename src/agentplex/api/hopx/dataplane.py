@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import posixpath
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -20,7 +23,7 @@ from agentplex.api.common.gateway import credential_from
 from agentplex.api.common.routing import Call, Endpoint
 from agentplex.core.auth import Principal
 from agentplex.core.sandboxes import SandboxService, SandboxUnavailable, translated
-from agentplex.errors import Forbidden, NotFound
+from agentplex.errors import BadRequest, Forbidden, NotFound
 
 _FORWARD_REQUEST = ("content-type", "accept")
 _FORWARD_RESPONSE = ("content-type", "content-disposition")
@@ -43,23 +46,38 @@ async def _authorize(svc: SandboxService, principal: Principal, sandbox_id: str)
     await svc.check_owner(principal.env_id, sandbox_id)  # NotFound outside its environment
 
 
+def _upstream_path(request: Request) -> str:
+    """The path after /sandboxes/{id}, still percent-encoded as the client sent it (decoded, a
+    control character or a literal '?' would not survive the trip)."""
+    raw: bytes | None = request.scope.get("raw_path")
+    if not raw:
+        return "/" + quote(request.path_params["path"])
+    _, _, _, rest = raw.decode("latin-1").split("/", 3)  # "", "sandboxes", id, rest
+    return "/" + rest
+
+
 async def proxy_http(request: Request) -> Response:
     svc = _service(request.app)
     sandbox_id = request.path_params["sandbox_id"]
     await _authorize(svc, request.scope["state"]["principal"], sandbox_id)
-    if request.path_params["path"].startswith("_"):  # agentd's host-only routes
+    # agentd's host-only routes (/_configure, /_reset, ...); dot segments are resolved first,
+    # as the client library on the way to agentd resolves them ("x/../_reset")
+    if posixpath.normpath("/" + request.path_params["path"]).startswith("/_"):
         raise NotFound(f"No route {request.method} {request.url.path}")
     headers = {k: v for k in _FORWARD_REQUEST if (v := request.headers.get(k))}
     body = await request.body()
     with translated():
         handle = svc.handle(sandbox_id)
-        status, upstream_headers, content = await handle.request(
-            request.method,
-            "/" + request.path_params["path"],
-            params=request.query_params.multi_items(),
-            content=body or None,
-            headers=headers,
-        )
+        try:
+            status, upstream_headers, content = await handle.request(
+                request.method,
+                _upstream_path(request),
+                params=request.query_params.multi_items(),
+                content=body or None,
+                headers=headers,
+            )
+        except httpx.InvalidURL as exc:
+            raise BadRequest(f"Invalid path or query: {exc}") from None
     out = {k: v for k in _FORWARD_RESPONSE if (v := upstream_headers.get(k))}
     return Response(content, status_code=status, headers=out)
 
