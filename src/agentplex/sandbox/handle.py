@@ -94,27 +94,6 @@ class SandboxHandle:
     ) -> tuple[int, httpx.Headers, bytes]:
         """Send one HTTP request to agentd; (status, headers, body) exactly as agentd answered."""
         self._running_socket()
-        return await self._send(
-            method,
-            path,
-            json=json,
-            params=params,
-            content=content,
-            headers=headers,
-            timeout=timeout,
-        )
-
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: Any = None,
-        content: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> tuple[int, httpx.Headers, bytes]:
         try:
             resp = await self._http().request(
                 method,
