@@ -14,7 +14,9 @@ from tests.conftest import LiveServer, SettingsFactory
 
 
 @pytest.mark.timeout(300)
-def test_no_generated_request_gets_a_server_error(make_settings: SettingsFactory) -> None:
+def test_no_generated_request_gets_a_server_error(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
     settings = make_settings(rate_limit={"enabled": False}, sandbox={"pool_size": 1})
     with LiveServer(settings) as server:
         run = subprocess.run(
@@ -41,6 +43,7 @@ def test_no_generated_request_gets_a_server_error(make_settings: SettingsFactory
             capture_output=True,
             text=True,
             timeout=280,
+            cwd=tmp_path,  # schemathesis keeps its example database in the working directory
         )
         assert server.thread.is_alive()
         assert httpx_get_ok(f"{server.url}/health")
