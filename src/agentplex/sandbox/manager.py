@@ -454,4 +454,6 @@ class SandboxManager:
                 handle.state = SandboxState.STOPPED
         if self._zygote is not None:
             await self._zygote.close()
+        if self.cgroups is not None:  # this manager's parent cgroups, empty by now
+            await asyncio.to_thread(self.cgroups.destroy)
         self._opened = False
