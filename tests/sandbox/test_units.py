@@ -149,3 +149,19 @@ def test_python_trees_under_tmp_stay_walkable_for_the_code(
     assert text.count("--dir /tmp/ci/main ") == 1
     assert text.index("--tmpfs /tmp") < text.index("--dir /tmp/ci")
     assert "--ro-bind /tmp/ci/main/src /tmp/ci/main/src" in text
+
+
+async def test_a_closed_manager_leaves_no_cgroups(tmp_path: Path) -> None:
+    from agentplex.sandbox import SandboxManager
+
+    manager = SandboxManager(tmp_path, pool_size=0, preload_scientific=False)
+    await manager.open()
+    if manager.cgroups is None:
+        await manager.close()
+        pytest.fail("cgroups are not writable here; this test needs them, as the suite does")
+    bases = list(manager.cgroups.bases.values())
+    handle = await manager.create("bash")
+    await manager.stop(handle.id)
+    await manager.start(handle.id)
+    await manager.close()
+    assert bases and not any(base.exists() for base in bases)
