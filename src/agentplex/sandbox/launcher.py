@@ -233,6 +233,8 @@ class Launcher:
         """End every process of the sandbox (files stay)."""
         if rt.cgroup is not None:
             await asyncio.to_thread(rt.cgroup.kill_all)
+            if not rt.cgroup.pids():  # every process of the sandbox is in its cgroup
+                return
         root = rt.bwrap_pid or rt.agentd_pid
         if root:
             await asyncio.to_thread(_signal_tree, root, signal.SIGKILL)
