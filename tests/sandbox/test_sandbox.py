@@ -327,6 +327,43 @@ async def test_pooled_sandbox_takes_a_larger_template_limit(manager: SandboxMana
         del manager.templates["big"]
 
 
+async def test_stop_and_delete_leave_no_process_behind(manager: SandboxManager) -> None:
+    def started(pid: int) -> str | None:
+        """A live pid's start time (it tells a reused pid apart); None once dead or a zombie."""
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return None if fields[0] in ("Z", "X") else fields[19]
+
+    h = await manager.create("python")
+    await run(h, "x = 1")  # the kernel is up
+    status, _ = await call(h, "POST", "/commands/background", json={"command": "sleep 300"})
+    assert status == 200
+    for action in ("stop", "delete"):
+        rt = manager._runtimes[h.id]
+        assert rt.cgroup is not None
+        procs = {pid: started(pid) for pid in rt.cgroup.pids()}
+        assert len(procs) >= 4, procs  # bwrap, its init, agentd, the kernel, sleep...
+        dirs = list(rt.cgroup.dirs.values())
+        if action == "stop":
+            await manager.stop(h.id)
+        else:
+            await manager.delete(h.id)
+        # killed and out of the cgroup at once; a pid namespace's init may take a moment more
+        # to finish exiting (it waits for the namespace's last process)
+        for _ in range(100):
+            alive = [pid for pid, since in procs.items() if since and started(pid) == since]
+            if not alive:
+                break
+            await asyncio.sleep(0.05)
+        assert alive == [], (action, alive)
+        assert not any(d.exists() for d in dirs), action
+        if action == "stop":
+            await manager.start(h.id)
+
+
 async def test_records_survive_manager_restart(manager: SandboxManager) -> None:
     # last in this module: the second manager clears the first one's pool directories
     h = await manager.create("bash")
