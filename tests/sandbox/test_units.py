@@ -165,3 +165,21 @@ async def test_a_closed_manager_leaves_no_cgroups(tmp_path: Path) -> None:
     await manager.start(handle.id)
     await manager.close()
     assert bases and not any(base.exists() for base in bases)
+
+
+async def test_missing_cgroups_are_reported_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agentplex.sandbox import SandboxManager, cgroups, manager
+
+    monkeypatch.setattr(cgroups.CgroupRoot, "detect", classmethod(lambda cls, name="": None))
+    sandboxes = manager.SandboxManager(tmp_path, pool_size=0, preload_scientific=False)
+    assert isinstance(sandboxes, SandboxManager)
+    await sandboxes.open()
+    try:
+        assert sandboxes.status()["cgroups"].startswith("unavailable")
+        handle = await sandboxes.create("bash")  # still runs, without limits
+        assert handle.state.value == "running"
+    finally:
+        await sandboxes.close()
+    assert any("SANDBOX LIMITS UNAVAILABLE" in r.getMessage() for r in caplog.records)

@@ -135,6 +135,12 @@ class SandboxManager:
             self.cgroups = await asyncio.to_thread(CgroupRoot.detect)
             if self.cgroups is not None:
                 await asyncio.to_thread(self.cgroups.sweep)
+            else:
+                log.warning(
+                    "SANDBOX LIMITS UNAVAILABLE: no writable cgroup v1 memory, cpu and pids "
+                    "hierarchies (cgroup v2 is not supported yet); sandboxes run WITHOUT "
+                    "memory, CPU or process limits"
+                )
             self._recover()
             self._zygote = ZygoteClient(
                 self.run_dir / "zygote.log", self._on_exit, light=not self.preload_scientific
