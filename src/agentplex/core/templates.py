@@ -151,6 +151,9 @@ class TemplateService:
     def _builtins(self) -> list[Template]:
         return [t for t in self.manager.templates.values() if t.builtin]
 
+    def _builtin(self, ref: str) -> Template | None:
+        return next((t for t in self._builtins() if ref in (t.id, t.name)), None)
+
     async def _row(self, env_id: str, ref: str) -> dict[str, Any] | None:
         query = select(templates_table).where(
             templates_table.c.env_id == env_id,
@@ -171,9 +174,8 @@ class TemplateService:
         return [_builtin_view(t) for t in self._builtins()] + custom
 
     async def view(self, env_id: str, ref: str) -> dict[str, Any]:
-        for template in self._builtins():
-            if ref in (template.id, template.name):
-                return _builtin_view(template)
+        if (builtin := self._builtin(ref)) is not None:
+            return _builtin_view(builtin)
         row = await self._row(env_id, ref)
         if row is None:
             raise TemplateNotFound(f"Template {ref!r} not found")
@@ -182,9 +184,8 @@ class TemplateService:
     async def resolve(self, env_id: str, ref: str | None) -> Template:
         """The template a sandbox of ``env_id`` is created from."""
         name = ref or "python"
-        for template in self._builtins():
-            if name in (template.id, template.name):
-                return template
+        if (builtin := self._builtin(name)) is not None:
+            return builtin
         row = await self._row(env_id, name)
         if row is None:
             available = sorted(t.name for t in self._builtins())
@@ -282,11 +283,11 @@ class TemplateService:
         uid = getattr(self.manager, "sandbox_uid", None)
         if uid is not None and os.geteuid() == 0:
             os.chown(layer, uid, uid)  # the build runs as the sandbox user
-        builder = self._template(row, building=True)
         sandbox_id = "bld_" + new_id().replace("-", "")[:20]
         logs: list[str] = []
         error: str | None = None
         try:
+            builder = self._template(row, building=True)
             handle = await self.manager.create(builder, internet_access=True, sandbox_id=sandbox_id)
             for index, step in enumerate(row["steps"], start=1):
                 command = step["command"]
@@ -386,9 +387,8 @@ class TemplateService:
         }
 
     async def delete(self, env_id: str, ref: str) -> None:
-        for template in self._builtins():
-            if ref in (template.id, template.name):
-                raise Conflict(f"Template {template.name!r} is built in and cannot be deleted")
+        if (builtin := self._builtin(ref)) is not None:
+            raise Conflict(f"Template {builtin.name!r} is built in and cannot be deleted")
         row = await self._row(env_id, ref)
         if row is None:
             raise TemplateNotFound(f"Template {ref!r} not found")

@@ -112,6 +112,20 @@ def test_bad_build_requests(live_server: LiveServer) -> None:
         base = http.post("/v1/templates/build", json={"name": "x", "from_template": "cobol"})
         assert base.status_code == 404
         assert http.delete("/v1/templates/bash").status_code == 409
+        # wrongly typed fields are refused up front, never a 500 or a build stuck "building"
+        for bad in (
+            {"diskGB": "abc"},
+            {"cpu": "abc"},
+            {"memory": -5},
+            {"steps": [{"type": "RUN", "args": "echo hi"}]},
+            {"setup_commands": "true"},
+        ):
+            answer = http.post(
+                "/v1/templates/build", json={"name": "bad", "setup_commands": ["true"], **bad}
+            )
+            assert answer.status_code == 400, (bad, answer.text)
+            assert answer.json()["code"] == "INVALID_REQUEST", answer.text
+        assert "bad" not in [t["name"] for t in http.get("/v1/templates").json()["data"]]
 
 
 def test_templates_survive_a_restart(settings: Settings) -> None:

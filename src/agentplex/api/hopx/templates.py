@@ -4,14 +4,42 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from agentplex.api.common.routing import Call, RouteTable, read_json
+from agentplex.api.common.routing import Call, RouteTable
 from agentplex.core.sandboxes import SandboxUnavailable
 from agentplex.core.templates import TemplateService
-from agentplex.errors import BadRequest
 
 routes = RouteTable(tags=["hopx"])
+
+
+class BuildStep(BaseModel):
+    """One step as the hopx-ai template builder sends it (its other keys are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: str = Field(..., description="RUN, ENV or WORKDIR")
+    args: list[str] = Field(default_factory=list, description="The step's arguments")
+
+
+class BuildTemplate(BaseModel):
+    """A template build: the hopx-ai SDK's body, plus `from_template` and `setup_commands`."""
+
+    model_config = ConfigDict(extra="ignore")  # startCmd, readyCmd, skipCache, ...: unused
+    name: str | None = Field(None, description="The template's name (required, or `alias`)")
+    alias: str | None = Field(None, description="Older name of `name`")
+    display_name: str | None = Field(None, description="Shown in listings")
+    from_template: str | None = Field(None, description="Built-in base template (python, ...)")
+    base_template: str | None = Field(None, description="Same as from_template")
+    template: str | None = Field(None, description="Same as from_template")
+    from_image: str | None = Field(None, description="An image name picking the base by language")
+    steps: list[BuildStep] = Field(default_factory=list, description="RUN/ENV/WORKDIR steps")
+    setup_commands: list[str] = Field(default_factory=list, description="Shell commands to run")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment of the template")
+    env_vars: dict[str, str] = Field(default_factory=dict, description="Same as env")
+    cpu: float | None = Field(None, gt=0, le=64, description="vCPUs of its sandboxes")
+    memory: int | None = Field(None, ge=64, le=1_048_576, description="Memory (MiB)")
+    diskGB: int | None = Field(None, ge=1, le=1024, description="Workspace quota (GiB)")
+    update: bool = Field(False, description="Replace a template of the same name")
 
 
 class LogsQuery(BaseModel):
@@ -34,11 +62,10 @@ async def list_templates(call: Call) -> dict[str, Any]:
     "/v1/templates/build",
     summary="Build a custom template: a base template plus setup commands (RUN/ENV/WORKDIR "
     "steps or setup_commands), installed into the template's own layer",
+    body=BuildTemplate,
 )
 async def build(call: Call) -> dict[str, Any]:
-    body = await read_json(call.request)
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object")
+    body = call.body.model_dump(exclude_none=True)
     return await service(call).build(call.principal.env_id, body)
 
 
