@@ -156,18 +156,19 @@ class SandboxCgroup:
         """Apply memory (no swap), cpu quota and pid limits."""
         mem = self.dirs["memory"]
         limit = str(res.memory_mb * 1024 * 1024)
-        # memory <= memory+swap at every moment: raising, the memsw limit goes first
-        memsw = mem / "memory.memsw.limit_in_bytes"
-        try:
-            current = int((mem / "memory.limit_in_bytes").read_text())
-        except (OSError, ValueError):
-            current = 0
-        if int(limit) > current:
-            with contextlib.suppress(OSError):  # only when swap accounting is enabled
+        mem_limit, memsw = mem / "memory.limit_in_bytes", mem / "memory.memsw.limit_in_bytes"
+        if self._limits.get(mem_limit) != limit:
+            # memory <= memory+swap at every moment: raising, the memsw limit goes first
+            try:
+                raising = int(limit) > int(mem_limit.read_text())
+            except (OSError, ValueError):
+                raising = False
+            with contextlib.suppress(OSError):  # memsw exists only with swap accounting
+                if raising:
+                    self._limit(memsw, limit)
+            self._limit(mem_limit, limit)
+            with contextlib.suppress(OSError):
                 self._limit(memsw, limit)
-        self._limit(mem / "memory.limit_in_bytes", limit)
-        with contextlib.suppress(OSError):
-            self._limit(memsw, limit)
         self._limit(self.dirs["pids"] / "pids.max", str(res.max_pids))
         cpu = self.dirs["cpu"]
         self._limit(cpu / "cpu.cfs_period_us", "100000")
