@@ -159,7 +159,7 @@ class SandboxManager:
             if self.isolation.isolated or self.unisolated_allowed:
                 self._pool = WarmPool(self.pool_sizes, self._pool_spawn, self._pool_discard)
                 self._pool.kick()
-            self._quota = QuotaWatch(self, self.quota_interval)
+            self._quota = QuotaWatch(self.list, self.quota_interval)
             self._quota.start()
 
     async def __aenter__(self) -> SandboxManager:

@@ -10,16 +10,23 @@ import signal
 import sys
 import tempfile
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from agentplex.sandbox.agentd import identity
 from agentplex.sandbox.agentd.config import ADOPT_FILE, AgentConfig
-from agentplex.sandbox.agentd.errors import AgentError, invalid
+from agentplex.sandbox.agentd.errors import AgentError, bad_workdir, invalid
 from agentplex.sandbox.agentd.kernel import PythonKernel
 from agentplex.sandbox.agentd.paths import PathMapper
-from agentplex.sandbox.agentd.processes import OutputSink, ProcessRegistry, RunResult, run_process
-from agentplex.sandbox.agentd.usage import CgroupUsage
+from agentplex.sandbox.agentd.processes import (
+    OutputSink,
+    ProcessRegistry,
+    RunResult,
+    expired,
+    remaining,
+    run_process,
+)
+from agentplex.sandbox.agentd.usage import CgroupUsage, disk_usage
 
 LANGUAGES = {
     "python": "python",
@@ -69,13 +76,16 @@ class Agent:
         self.procs = ProcessRegistry()
         self.started = time.time()
         self.executions = 0
-        self.notice = ""  # why the host ended this sandbox's processes (quota), told once
+        self.notice = ""  # why the host last ended this sandbox's processes (quota)
+        self.resets = 0  # how many times it did
+        self.reported = 0  # the count when a run last told its client why
         self.quota_limit = 0  # set while the workspace is over its disk quota
         self.usage = CgroupUsage(cfg.cgroup_fds)
 
     def reset(self, reason: str) -> int:
         """End every process of the sandbox except agentd itself; how many were signalled."""
         self.notice = reason
+        self.resets += 1
         me = os.getpid()
         if self.cfg.isolation == "none":
             victims = [p for p in _descendants(me) if p != me]
@@ -90,9 +100,7 @@ class Agent:
         """Refuse writes while the workspace is over quota (re-measured on each attempt)."""
         if not self.quota_limit:
             return
-        from agentplex.sandbox.quota import disk_usage
-
-        if disk_usage(Path(self.cfg.workspace_real)) <= self.quota_limit:
+        if disk_usage(self.cfg.workspace_real) <= self.quota_limit:
             self.quota_limit = 0
             return
         raise AgentError(
@@ -101,11 +109,24 @@ class Agent:
             507,
         )
 
-    def _with_notice(self, res: RunResult) -> RunResult:
-        if self.notice and res.exit_code != 0:
-            res.stderr += f"\n{self.notice}\n"
-            self.notice = ""
-        return res
+    def explainer(self, sink: OutputSink | None = None) -> Callable[[RunResult], RunResult]:
+        """Call before a run starts; the returned function adds to the run's result why it
+        failed if the host ended the sandbox's processes while it ran (or since the last run
+        that could have said so), and streams that to `sink`."""
+        since = self.resets
+
+        def explain(res: RunResult) -> RunResult:
+            told = since == self.resets and self.reported == self.resets
+            if res.exit_code == 0 or told or not self.notice:
+                return res
+            self.reported = self.resets
+            text = f"\n{self.notice}\n"
+            res.stderr += text
+            if sink is not None:
+                sink("stderr", text)
+            return res
+
+        return explain
 
     # -- environment -------------------------------------------------------------------------
     def base_env(self) -> dict[str, str]:
@@ -158,7 +179,19 @@ class Agent:
             os.replace(path + ".tmp", path)
 
     def workdir(self, value: Any) -> str:
-        return self.paths.resolve(str(value) if value else self.cfg.workspace)
+        """The real path of a requested working directory, the workspace if none is."""
+        return self.requested_workdir(value) or self.paths.resolve(self.cfg.workspace)
+
+    def requested_workdir(self, value: Any) -> str | None:
+        """The real path of a requested working directory (None if none is); a 4xx unless it
+        is an existing directory in the sandbox's areas, the same answer on every route."""
+        if value is None or value == "":
+            return None
+        real = self.paths.resolve(str(value))
+        problem = _not_a_dir(real)
+        if problem:
+            raise bad_workdir(str(value), problem)
+        return real
 
     # -- execution ---------------------------------------------------------------------------
     def language(self, value: Any) -> str:
@@ -194,37 +227,84 @@ class Agent:
         lang: str,
         code: str,
         *,
-        workdir: str,
+        workdir: str | None,
         env: dict[str, str],
         timeout: float,  # noqa: ASYNC109
         sink: OutputSink | None = None,
+        arrived: float | None = None,
     ) -> RunResult:
+        """Run `code`; `workdir` None: the kernel's own directory for Python, the workspace
+        otherwise. `timeout` counts from `arrived` (time.monotonic()), now if not given."""
         self.executions += 1
-        if lang == "python":
-            return self._with_notice(
-                await self.kernel.execute(
-                    code,
-                    workdir=workdir,
-                    env=env,
-                    base_env=self.base_env(),
-                    timeout=timeout,
-                    sink=sink,
+        arrived = time.monotonic() if arrived is None else arrived
+        if remaining(timeout, arrived) == 0:
+            return expired(timeout, arrived)
+        if lang != "python":
+            argv, tmp = self.script(lang, code)
+            try:
+                return await self.run(
+                    argv, cwd=workdir, env=env, timeout=timeout, arrived=arrived, sink=sink
                 )
-            )
-        argv, tmp = self.script(lang, code)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        explain = self.explainer(sink)
+        res = await self.kernel.execute(
+            code,
+            workdir=workdir,
+            home=self.cfg.workspace_real,
+            env=env,
+            base_env=self.base_env(),
+            timeout=timeout,
+            sink=sink,
+            arrived=arrived,
+        )
+        bad = res.extra.pop("bad_workdir", None)
+        if bad is not None:  # gone since the request was checked, or not enterable
+            where = self.paths.to_client(workdir or self.cfg.workspace_real)
+            raise bad_workdir(where, f"cannot be entered ({bad})")
+        return explain(res)
+
+    async def run(
+        self,
+        argv: list[str],
+        *,
+        cwd: str | None,
+        env: dict[str, str],
+        timeout: float | None,  # noqa: ASYNC109
+        arrived: float | None = None,
+        sink: OutputSink | None = None,
+    ) -> RunResult:
+        """Run a process as the sandbox's code, with the sandbox's environment under `env`."""
+        cwd = cwd or self.workdir(None)
+        explain = self.explainer(sink)
         try:
-            return self._with_notice(
-                await run_process(
-                    argv, cwd=workdir, env={**self.base_env(), **env}, timeout=timeout, sink=sink
-                )
+            res = await run_process(
+                argv,
+                cwd=cwd,
+                env={**self.base_env(), **env},
+                timeout=timeout,
+                sink=sink,
+                arrived=arrived,
             )
         except OSError as exc:
-            raise AgentError("EXECUTION_FAILED", f"could not start {lang}: {exc}", 500) from exc
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            problem = _not_a_dir(cwd)
+            if problem:  # removed since the request was checked
+                raise bad_workdir(self.paths.to_client(cwd), problem) from None
+            # what a shell answers for a command it cannot start
+            res = RunResult(
+                stdout="", stderr=f"{argv[0]}: {exc.strerror}\n", exit_code=127, execution_time=0.0
+            )
+        return explain(res)
 
     def close(self) -> None:
         self.kernel.close()
+
+
+def _not_a_dir(path: str) -> str:
+    """Why `path` cannot be a working directory; "" if it can."""
+    if os.path.isdir(path):
+        return ""
+    return "is not a directory" if os.path.lexists(path) else "does not exist"
 
 
 def _descendants(root: int) -> list[int]:

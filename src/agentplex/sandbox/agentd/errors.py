@@ -30,6 +30,15 @@ def not_found(path: str) -> AgentError:
     return AgentError("FILE_NOT_FOUND", f"no such file or directory: {path}", 404, {"path": path})
 
 
+def bad_workdir(path: str, why: str) -> AgentError:
+    return AgentError(
+        "INVALID_WORKDIR",
+        f"working directory {path!r} {why}; create it first or use another",
+        400,
+        {"workdir": path},
+    )
+
+
 def not_allowed(path: str) -> AgentError:
     return AgentError(
         "PATH_NOT_ALLOWED",

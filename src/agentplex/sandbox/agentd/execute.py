@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from typing import Any
 
 from starlette.requests import Request
@@ -11,8 +12,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from agentplex.sandbox.agentd.agent import Agent, parse_env, parse_timeout
+from agentplex.sandbox.agentd.disconnect import while_connected
 from agentplex.sandbox.agentd.errors import AgentError, invalid
-from agentplex.sandbox.agentd.processes import RunResult, run_process
+from agentplex.sandbox.agentd.processes import RunResult
 
 
 async def json_body(request: Request) -> dict[str, Any]:
@@ -45,6 +47,10 @@ def result_body(res: RunResult) -> dict[str, Any]:
     return body
 
 
+def workdir_field(body: dict[str, Any]) -> Any:
+    return body.get("workdir") or body.get("working_dir")
+
+
 def timeout_error(res: RunResult, timeout: float) -> AgentError:
     details = result_body(res)
     details["timeout"] = timeout
@@ -56,26 +62,39 @@ def timeout_error(res: RunResult, timeout: float) -> AgentError:
     )
 
 
-async def execute(request: Request) -> JSONResponse:
+async def execute_body(
+    request: Request, body: dict[str, Any], lang: str, arrived: float | None = None
+) -> dict[str, Any]:
+    """Run the code of an /execute-style request; the answer's body. Its timeout counts from
+    the request's arrival (time.monotonic(), now if not given) and the execution stops if the
+    client leaves."""
+    arrived = time.monotonic() if arrived is None else arrived
     agent = _agent(request)
-    body = await json_body(request)
     code = body.get("code")
     if not isinstance(code, str):
         raise invalid("'code' (a string) is required")
-    lang = agent.language(body.get("language"))
     timeout = parse_timeout(body.get("timeout"))
-    res = await agent.execute(
+    run = agent.execute(
         lang,
         code,
-        workdir=agent.workdir(body.get("workdir") or body.get("working_dir")),
+        workdir=agent.requested_workdir(workdir_field(body)),
         env=parse_env(body.get("env")),
         timeout=timeout,
+        arrived=arrived,
     )
+    res = await while_connected(request, run)
     if res.timed_out:
         raise timeout_error(res, timeout)
     out = result_body(res)
     out["language"] = lang
-    return JSONResponse(out)
+    return out
+
+
+async def execute(request: Request) -> JSONResponse:
+    arrived = time.monotonic()
+    body = await json_body(request)
+    lang = _agent(request).language(body.get("language"))
+    return JSONResponse(await execute_body(request, body, lang, arrived))
 
 
 async def execute_background(request: Request) -> JSONResponse:
@@ -85,6 +104,7 @@ async def execute_background(request: Request) -> JSONResponse:
     if not isinstance(code, str):
         raise invalid("'code' (a string) is required")
     lang = agent.language(body.get("language"))
+    cwd = agent.workdir(workdir_field(body))
     argv, tmp = agent.script(lang, code)
     bp = agent.procs.start(
         argv,
@@ -92,10 +112,11 @@ async def execute_background(request: Request) -> JSONResponse:
         name=body.get("name"),
         language=lang,
         command=code[:200],
-        cwd=agent.workdir(body.get("workdir") or body.get("working_dir")),
+        cwd=cwd,
         env={**agent.base_env(), **parse_env(body.get("env"))},
         timeout=parse_timeout(body.get("timeout"), 3600.0),
         cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True),
+        explain=agent.explainer(),
     )
     return JSONResponse(
         {
@@ -145,21 +166,19 @@ def _command_argv(body: dict[str, Any]) -> tuple[list[str], str]:
 
 
 async def run_command(request: Request) -> JSONResponse:
+    arrived = time.monotonic()
     agent = _agent(request)
     body = await json_body(request)
     argv, _ = _command_argv(body)
     timeout = parse_timeout(body.get("timeout"), 30.0)
-    try:
-        res = await run_process(
-            argv,
-            cwd=agent.workdir(body.get("workdir") or body.get("working_dir")),
-            env={**agent.base_env(), **parse_env(body.get("env"))},
-            timeout=timeout,
-        )
-    except OSError as exc:
-        res = RunResult(
-            stdout="", stderr=f"{argv[0]}: {exc.strerror}\n", exit_code=127, execution_time=0.0
-        )
+    run = agent.run(
+        argv,
+        cwd=agent.workdir(workdir_field(body)),
+        env=parse_env(body.get("env")),
+        timeout=timeout,
+        arrived=arrived,
+    )
+    res = await while_connected(request, run)
     if res.timed_out:
         raise timeout_error(res, timeout)
     out = result_body(res)
@@ -177,9 +196,10 @@ async def run_command_background(request: Request) -> JSONResponse:
         name=body.get("name"),
         language=None,
         command=text,
-        cwd=agent.workdir(body.get("workdir") or body.get("working_dir")),
+        cwd=agent.workdir(workdir_field(body)),
         env={**agent.base_env(), **parse_env(body.get("env"))},
         timeout=parse_timeout(body.get("timeout"), 3600.0),
+        explain=agent.explainer(),
     )
     return JSONResponse(
         {"process_id": bp.process_id, "execution_id": bp.execution_id, "status": bp.status}

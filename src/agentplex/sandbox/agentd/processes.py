@@ -31,6 +31,34 @@ class RunResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def exit_code(returncode: int) -> int:
+    """A process's exit status as a shell reports it: a death by signal N is 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def remaining(timeout: float | None, arrived: float | None) -> float | None:
+    """What is left of `timeout` counted from `arrived` (time.monotonic()), never negative."""
+    if timeout is None or arrived is None:
+        return timeout
+    return max(0.0, timeout - (time.monotonic() - arrived))
+
+
+def expired(timeout: float | None, arrived: float) -> RunResult:
+    """The result of an execution whose timeout ran out before it could start (it waited for
+    the kernel, or behind another execution of its WebSocket)."""
+    return RunResult(
+        stdout="",
+        stderr=(
+            f"\nExecution timed out after {timeout:g}s while waiting for the previous execution"
+            " to finish; it did not run\n"
+        ),
+        exit_code=124,
+        execution_time=0.0,
+        timed_out=True,
+        extra={"queued": round(time.monotonic() - arrived, 6)},
+    )
+
+
 def make_victim(pid: int) -> None:
     """Make `pid` (and what it forks later) the OOM killer's choice before agentd."""
     path = f"/proc/{pid}/oom_score_adj"
@@ -118,9 +146,12 @@ async def run_process(
     timeout: float | None,  # noqa: ASYNC109
     sink: OutputSink | None = None,
     on_start: Callable[[int], None] | None = None,
+    arrived: float | None = None,
 ) -> RunResult:
-    """Run argv to completion (or until `timeout`, then kill its whole group)."""
+    """Run argv to completion (or until `timeout`, counted from `arrived` when given, then
+    kill its whole group). Cancelling the call kills the group too."""
     start = time.perf_counter()
+    limit = remaining(timeout, arrived)
     argv, as_user = identity.spawn(argv)
     proc = await asyncio.create_subprocess_exec(
         *argv,
@@ -139,7 +170,7 @@ async def run_process(
     pumps = asyncio.gather(_pump(proc.stdout, out), _pump(proc.stderr, err))
     timed_out = False
     try:
-        await asyncio.wait_for(_exited(proc.pid), timeout)
+        await asyncio.wait_for(_exited(proc.pid), limit)
     except TimeoutError:
         timed_out = True
     except asyncio.CancelledError:
@@ -150,9 +181,9 @@ async def run_process(
         # (and so stops holding our pipes open)
         kill_group(proc.pid)
     try:
-        code = await asyncio.wait_for(proc.wait(), 2.0)
+        code = exit_code(await asyncio.wait_for(proc.wait(), 2.0))
     except TimeoutError:  # a descendant escaped into its own session, pipes still open
-        code = proc.returncode if proc.returncode is not None else -9
+        code = exit_code(proc.returncode if proc.returncode is not None else -signal.SIGKILL)
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(pumps, 0.5)
     if timed_out:
@@ -221,7 +252,10 @@ class ProcessRegistry:
         env: dict[str, str],
         timeout: float | None,
         cleanup: Callable[[], None] | None = None,
+        explain: Callable[[RunResult], RunResult] | None = None,
     ) -> BackgroundProcess:
+        """Start argv in the background; `explain` may add to its result (why it was
+        stopped) before it is recorded."""
         pid_hex = uuid.uuid4().hex[:12]
         bp = BackgroundProcess(
             process_id=f"proc_{pid_hex}",
@@ -238,6 +272,8 @@ class ProcessRegistry:
         async def _run() -> None:
             try:
                 res = await run_process(argv, cwd=cwd, env=env, timeout=timeout, on_start=_started)
+                if explain is not None:
+                    res = explain(res)
                 bp.stdout, bp.stderr, bp.exit_code = res.stdout, res.stderr, res.exit_code
                 if bp.status != "killed":
                     bp.status = (

@@ -19,8 +19,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agentplex.sandbox.agentd import identity
 from agentplex.sandbox.agentd.agent import Agent, parse_env, parse_timeout
+from agentplex.sandbox.agentd.disconnect import run_while
 from agentplex.sandbox.agentd.errors import AgentError
-from agentplex.sandbox.agentd.processes import kill_group, make_victim
+from agentplex.sandbox.agentd.processes import (
+    OutputSink,
+    RunResult,
+    exit_code,
+    kill_group,
+    make_victim,
+)
 
 
 def _agent(ws: WebSocket) -> Agent:
@@ -28,7 +35,39 @@ def _agent(ws: WebSocket) -> Agent:
     return agent
 
 
-async def _run_one(ws: WebSocket, agent: Agent, msg: dict[str, Any]) -> None:
+async def _outcome(
+    agent: Agent, msg: dict[str, Any], arrived: float, sink: OutputSink
+) -> tuple[RunResult, float] | AgentError:
+    """Run one execute message: its result and timeout, or the error to report."""
+    try:
+        timeout = parse_timeout(msg.get("timeout"))
+        res = await agent.execute(
+            agent.language(msg.get("language")),
+            str(msg.get("code", "")),
+            workdir=agent.requested_workdir(msg.get("workdir") or msg.get("working_dir")),
+            env=parse_env(msg.get("env")),
+            timeout=timeout,
+            sink=sink,
+            arrived=arrived,
+        )
+    except AgentError as exc:
+        return exc
+    return res, timeout
+
+
+def _error_frame(exc: AgentError) -> dict[str, Any]:
+    frame: dict[str, Any] = {
+        "type": "error",
+        "code": exc.code,
+        "error": exc.message,
+        "message": exc.message,
+    }
+    if exc.details:
+        frame["details"] = exc.details
+    return frame
+
+
+async def _run_one(ws: WebSocket, agent: Agent, msg: dict[str, Any], arrived: float) -> None:
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
     def sink(name: str, text: str) -> None:
@@ -40,26 +79,17 @@ async def _run_one(ws: WebSocket, agent: Agent, msg: dict[str, Any]) -> None:
 
     task = asyncio.create_task(sender())
     try:
-        lang = agent.language(msg.get("language"))
-        timeout = parse_timeout(msg.get("timeout"))
-        res = await agent.execute(
-            lang,
-            str(msg.get("code", "")),
-            workdir=agent.workdir(msg.get("workdir") or msg.get("working_dir")),
-            env=parse_env(msg.get("env")),
-            timeout=timeout,
-            sink=sink,
-        )
-    except AgentError as exc:
-        queue.put_nowait(None)
-        await task
-        await ws.send_json(
-            {"type": "error", "code": exc.code, "error": exc.message, "message": exc.message}
-        )
-        await ws.send_json({"type": "complete", "success": False})
-        return
+        outcome = await _outcome(agent, msg, arrived, sink)
+    except BaseException:
+        task.cancel()  # the client went away: nothing more to send
+        raise
     queue.put_nowait(None)
     await task
+    if isinstance(outcome, AgentError):
+        await ws.send_json(_error_frame(outcome))
+        await ws.send_json({"type": "complete", "success": False})
+        return
+    res, timeout = outcome
     result: dict[str, Any] = {
         "type": "result",
         "exit_code": res.exit_code,
@@ -79,17 +109,48 @@ async def _run_one(ws: WebSocket, agent: Agent, msg: dict[str, Any]) -> None:
     await ws.send_json({"type": "complete", "success": res.exit_code == 0 and not res.timed_out})
 
 
+async def _read_frames(
+    ws: WebSocket, inbox: asyncio.Queue[tuple[str, float] | None], gone: asyncio.Event
+) -> None:
+    """Queue every frame the client sends, with its arrival time; None (and `gone` set) once
+    it has gone.
+
+    Read all along, not only between executions, so that a client dropping the connection
+    mid-cell is seen at once (and its cell stopped)."""
+    try:
+        while (msg := await ws.receive())["type"] != "websocket.disconnect":
+            text = msg.get("text")
+            if text is None:
+                text = (msg.get("bytes") or b"").decode(errors="replace")
+            inbox.put_nowait((text, time.monotonic()))
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        gone.set()
+        inbox.put_nowait(None)
+
+
+def _parse(raw: str) -> dict[str, Any] | None:
+    try:
+        msg = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(msg, dict) or msg.get("type", "execute") != "execute":
+        return None
+    return msg
+
+
 async def execute_stream(ws: WebSocket) -> None:
     await ws.accept()
     agent = _agent(ws)
+    inbox: asyncio.Queue[tuple[str, float] | None] = asyncio.Queue()
+    gone = asyncio.Event()
+    reader = asyncio.create_task(_read_frames(ws, inbox, gone))
     try:
-        while True:
-            raw = await ws.receive_text()
-            try:
-                msg = json.loads(raw)
-            except ValueError:
-                msg = None
-            if not isinstance(msg, dict) or msg.get("type", "execute") != "execute":
+        while (item := await inbox.get()) is not None:
+            raw, arrived = item
+            msg = _parse(raw)
+            if msg is None:
                 await ws.send_json(
                     {
                         "type": "error",
@@ -98,9 +159,11 @@ async def execute_stream(ws: WebSocket) -> None:
                     }
                 )
                 continue
-            await _run_one(ws, agent, msg)
-    except WebSocketDisconnect:
+            await run_while(_run_one(ws, agent, msg, arrived), gone.wait())
+    except (WebSocketDisconnect, RuntimeError, AgentError):  # the client went away
         return
+    finally:
+        reader.cancel()
 
 
 def _set_size(fd: int, cols: int, rows: int) -> None:
@@ -116,7 +179,7 @@ async def _wait_exit(pid: int) -> int:
         except ChildProcessError:
             return -1
         if done:
-            return os.waitstatus_to_exitcode(status)
+            return exit_code(os.waitstatus_to_exitcode(status))
         await asyncio.sleep(0.01)
     return -1
 

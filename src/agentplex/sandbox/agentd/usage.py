@@ -1,8 +1,12 @@
-"""The sandbox's own resource usage, from its cgroups (when the host gave agentd their files).
+"""The sandbox's own resource usage: its cgroups (when the host gave agentd their files) and
+the disk its workspace takes.
 
 agentd sees no /sys: the zygote opens the sandbox's cgroup files read-only before agentd enters
 the sandbox and hands over the descriptors (`AgentConfig.cgroup_fds`). Without them (no
 cgroups on the host) `snapshot()` returns None and /metrics/snapshot falls back to /proc.
+
+`disk_usage` lives here, not in the host's quota watch, because both sides measure a workspace:
+the host to enforce the quota, agentd to lift its refusal of writes once space is freed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,29 @@ import time
 from typing import Any
 
 _UNLIMITED = 1 << 60  # cgroup v1 reports "no memory limit" as a huge page-aligned number
+
+
+def disk_usage(root: str | os.PathLike[str]) -> int:
+    """Bytes allocated under `root` (symlinks not followed, hard links counted once)."""
+    total, seen = 0, set()
+    stack = [os.fspath(root)]
+    while stack:
+        path = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    if (st.st_dev, st.st_ino) not in seen:
+                        seen.add((st.st_dev, st.st_ino))
+                        total += st.st_blocks * 512
+        except OSError:
+            continue
+    return total
 
 
 class CgroupUsage:
