@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 import uuid
 
 import pytest
@@ -73,3 +75,21 @@ async def test_rate_limits_are_shared_through_redis() -> None:
     assert (await two.hit(subject, "default")).allowed
     denied = await one.hit(subject, "default")
     assert not denied.allowed and denied.remaining == 0
+
+
+async def test_redis_windows_open_at_the_first_hit_too() -> None:
+    """As in memory: a burst straddling a wall-clock second boundary gets the limit once."""
+    limiter = RateLimiter(RateLimitSettings(storage_url=REDIS_URL, default="3/second"))
+    for _ in range(5):  # a loaded machine may miss the timing; then measure again
+        subject = "key-" + uuid.uuid4().hex
+        while not 0.5 <= time.time() % 1 < 0.7:  # late in a second
+            await asyncio.sleep(0.01)
+        first = time.time()
+        burst = [await limiter.hit(subject, "default") for _ in range(3)]
+        await asyncio.sleep(max(0.0, math.floor(first) + 1.05 - time.time()))  # past the boundary
+        late = await limiter.hit(subject, "default")
+        if time.time() - first < 0.9:  # still inside the window the first hit opened
+            assert all(d.allowed for d in burst)
+            assert not late.allowed and late.remaining == 0
+            return
+    pytest.fail("could not make 4 hits within 0.9 s of each other")

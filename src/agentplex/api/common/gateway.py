@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentplex.api.common.errors import domain_error_response, error_response
 from agentplex.api.common.metrics import Metrics
-from agentplex.api.common.ratelimit import RateLimiter, group_for
+from agentplex.api.common.ratelimit import RateLimiter, bucket_for
 from agentplex.api.common.surface import is_data_plane
 from agentplex.core.auth import Authenticator, Principal
 from agentplex.errors import RateLimited, Unauthorized
@@ -127,7 +127,7 @@ class Gateway:
             return domain_error_response(path, Unauthorized(), request_id)
         scope["state"]["principal"] = principal
         if self.limiter.enabled:
-            decision = await self.limiter.hit(principal.subject, group_for(method, path))
+            decision = await self.limiter.hit(*bucket_for(principal.subject, method, path))
             extra.extend(decision.headers())
             if not decision.allowed:
                 return domain_error_response(path, RateLimited(decision.retry_after), request_id)

@@ -1,7 +1,16 @@
 """Rate limits per caller and endpoint group, counted by the `limits` library.
 
-Groups follow the PRX reference: session writes, session reads, config writes, everything
-else. Counters live in memory (one process) or in Redis (shared by every replica).
+Each protocol surface has groups of its own, so that one client's pace on one API never eats
+another API's budget, and so that the official SDKs, which call back to back (a few hundred
+requests a second from one script), stay inside the defaults. PRX keeps the groups and numbers its
+reference documents (session writes 10/s, session reads 50/s, config writes 5/s, everything
+else 30/s); everything that belongs to no surface shares PRX's "everything else" (`default`).
+The Hopx data plane counts per sandbox: a key driving several sandboxes has a budget for each.
+
+Windows are fixed and open at a caller's first hit in a group (not at a wall-clock boundary,
+which would let a burst straddling the boundary through twice). Counters live in memory (one
+process) or in Redis through `limits`' fixed-window scheme, which opens windows the same way:
+its counter key carries no time bucket and gets its expiry when the first hit creates it.
 """
 
 from __future__ import annotations
@@ -14,10 +23,12 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import Storage
 from limits.storage import storage_from_string
 
-from agentplex.settings import RateLimitSettings
+from agentplex.api.common.surface import Surface, is_data_plane, surface_for
+from agentplex.settings import RATE_LIMIT_GROUPS, RateLimitSettings
 
 _KEY_CACHE_LIMIT = 100_000
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_BY_SURFACE = {Surface.HOT: "hot", Surface.OPENCODE: "opencode", Surface.PAR: "par"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,25 +56,36 @@ class Decision:
 
 def group_for(method: str, path: str) -> str:
     """The endpoint group a request counts against."""
-    parts = path.split("/")
-    segments = set(parts[1:4])
-    if "session" in segments or "sessions" in segments:
-        return "sessions_write" if method in _WRITE_METHODS else "sessions_read"
-    if "config" in segments and method in _WRITE_METHODS:
-        return "config_write"
-    return "default"
+    surface = surface_for(path)
+    if surface is Surface.HOPX:
+        return "hopx_data" if is_data_plane(path) else "hopx_control"
+    if surface is Surface.PRX:
+        segments = set(path.split("/")[2:4])  # /api/v1/sessions or the alias /api/sessions
+        if "sessions" in segments or "session" in segments:
+            return "sessions_write" if method in _WRITE_METHODS else "sessions_read"
+        if "config" in segments and method in _WRITE_METHODS:
+            return "config_write"
+        return "default"
+    return _BY_SURFACE.get(surface, "default")
+
+
+def bucket_for(subject: str, method: str, path: str) -> tuple[str, str]:
+    """The (counter subject, group) a request is charged to."""
+    group = group_for(method, path)
+    if group == "hopx_data" and path.startswith("/sandboxes/"):
+        # per sandbox: /sandboxes/{id}/... (a sandbox token is already per sandbox; a key is not)
+        sandbox_id = path.split("/", 3)[2]
+        return subject + "\x00" + sandbox_id, group
+    return subject, group
 
 
 class RateLimiter:
-    """Counts hits per (caller, group) in fixed one-window buckets."""
+    """Counts hits per (caller, group) in fixed windows that open at the first hit."""
 
     def __init__(self, settings: RateLimitSettings) -> None:
         self.enabled = settings.enabled
         self._items: dict[str, RateLimitItem] = {
-            "sessions_write": parse(settings.sessions_write),
-            "sessions_read": parse(settings.sessions_read),
-            "config_write": parse(settings.config_write),
-            "default": parse(settings.default),
+            group: parse(getattr(settings, group)) for group in RATE_LIMIT_GROUPS
         }
         url = settings.storage_url
         # In one process a plain dict of fixed windows does the job of `limits`' memory
@@ -101,8 +123,7 @@ class RateLimiter:
         if window is None or window[1] <= now:
             if len(self._local) > _KEY_CACHE_LIMIT:
                 self._expire(now)
-            period = item.get_expiry()
-            window = self._local[key] = [0.0, (now // period + 1) * period]
+            window = self._local[key] = [0.0, now + item.get_expiry()]
         window[0] += 1
         count = int(window[0])
         return Decision(count <= item.amount, item.amount, max(0, item.amount - count), window[1])
