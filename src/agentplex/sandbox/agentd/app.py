@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agentplex.sandbox.agentd import execute, files, stream, system, watch
+from agentplex.sandbox.agentd import compat, execute, files, stream, system, watch
 from agentplex.sandbox.agentd.agent import Agent
 from agentplex.sandbox.agentd.config import AgentConfig
 from agentplex.sandbox.agentd.errors import AgentError, error_response, request_id
@@ -63,7 +63,14 @@ async def _crash(request: Request, exc: Exception) -> Response:
 def build_app(cfg: AgentConfig) -> Starlette:
     """The data-plane app of one sandbox."""
     app = Starlette(
-        routes=[*system.routes, *execute.routes, *files.routes, *stream.routes, *watch.routes],
+        routes=[
+            *system.routes,
+            *execute.routes,
+            *files.routes,
+            *stream.routes,
+            *watch.routes,
+            *compat.routes,
+        ],
         exception_handlers={
             AgentError: _agent_error,
             HTTPException: _http_error,
