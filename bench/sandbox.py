@@ -231,10 +231,12 @@ def idle_memory(count: int = 20) -> dict[str, float]:
     async def measure() -> dict[str, float]:
         with tempfile.TemporaryDirectory() as data:
             async with SandboxManager(Path(data), pool_size=0) as manager:
-                warm = await manager.create("python")  # the zygotes' pages are counted before
+                warm = await sandbox_layer.new_sandbox(
+                    manager, "python"
+                )  # the zygotes' pages are counted before
                 await asyncio.sleep(1.0)
                 before = _mem_available_kib()
-                handles = [await manager.create("python") for _ in range(count)]
+                handles = [await sandbox_layer.new_sandbox(manager, "python") for _ in range(count)]
                 await asyncio.sleep(2.0)  # eager kernels forked and settled
                 drop = (before - _mem_available_kib()) / count / 1024
                 uss = pss = 0

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agentplex.sandbox.errors import SandboxError
+from agentplex.errors import AgentplexError
 from agentplex.sandbox.state import SandboxState
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class QuotaWatch:
                 " running processes were stopped, delete files to continue"
             )
             handle.reason = reason
-            with contextlib.suppress(SandboxError):
+            with contextlib.suppress(AgentplexError):
                 await handle.request(
                     "POST", "/_reset", json={"reason": reason, "quota_limit": limit}
                 )
