@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from agentplex.core import apikeys
 from agentplex.core.auth import Principal
 from agentplex.core.clock import aware, utcnow
@@ -53,21 +55,27 @@ class SandboxTokens:
         # digest -> principal of tokens this process issued: their first use costs no lookup
         self._issued: dict[str, Principal] = {}
 
-    async def issue(self, env_id: str, sandbox_id: str) -> IssuedToken:
-        """A new token for ``sandbox_id``; earlier ones stay valid until their own expiry."""
+    async def issue(
+        self, env_id: str, sandbox_id: str, conn: AsyncConnection | None = None
+    ) -> IssuedToken:
+        """A new token for ``sandbox_id``; earlier ones stay valid until their own expiry.
+        ``conn``: write it in that transaction (with the sandbox's own record)."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = utcnow()
         expires = now + self.ttl
         digest = apikeys.hash_key(token)
-        async with self.db.write() as conn:
-            await records.add_token(
-                conn,
-                token_hash=digest,
-                sandbox_id=sandbox_id,
-                env_id=env_id,
-                expires_at=expires,
-                created_at=now,
-            )
+        row: dict[str, object] = {
+            "token_hash": digest,
+            "sandbox_id": sandbox_id,
+            "env_id": env_id,
+            "expires_at": expires,
+            "created_at": now,
+        }
+        if conn is not None:
+            await records.add_token(conn, row)
+        else:
+            async with self.db.write() as own:
+                await records.add_token(own, row)
         if len(self._issued) >= _MEMO_LIMIT:
             self._issued.clear()
         self._issued[digest] = principal_for(env_id, sandbox_id, expires)

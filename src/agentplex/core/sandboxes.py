@@ -170,7 +170,7 @@ class SandboxService:
         try:
             async with self.db.write() as conn:
                 await records.insert(conn, row)
-            token = await self.tokens.issue(env_id, sandbox_id)
+                token = await self.tokens.issue(env_id, sandbox_id, conn)
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.backend.delete(sandbox_id)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentplex.db.tables import sandbox_tokens, sandboxes
@@ -110,24 +110,10 @@ async def using_template(conn: AsyncConnection, env_id: str, template_id: str) -
 # -- tokens ------------------------------------------------------------------------------------
 
 
-async def add_token(
-    conn: AsyncConnection,
-    *,
-    token_hash: str,
-    sandbox_id: str,
-    env_id: str,
-    expires_at: datetime,
-    created_at: datetime,
-) -> None:
-    await conn.execute(
-        sandbox_tokens.insert().values(
-            token_hash=token_hash,
-            sandbox_id=sandbox_id,
-            env_id=env_id,
-            expires_at=expires_at,
-            created_at=created_at,
-        )
-    )
+async def add_token(conn: AsyncConnection, values: Mapping[str, Any]) -> None:
+    """Store a token: ``token_hash``, ``sandbox_id``, ``env_id``, ``expires_at``,
+    ``created_at``."""
+    await conn.execute(sandbox_tokens.insert().values(**values))
 
 
 async def token(conn: AsyncConnection, token_hash: str) -> Row | None:
@@ -141,8 +127,3 @@ async def prune_tokens(conn: AsyncConnection, now: datetime) -> int:
     """Delete expired tokens; how many went."""
     result = await conn.execute(delete(sandbox_tokens).where(sandbox_tokens.c.expires_at < now))
     return int(result.rowcount or 0)
-
-
-async def token_count(conn: AsyncConnection, sandbox_id: str) -> int:
-    query = select(func.count()).where(sandbox_tokens.c.sandbox_id == sandbox_id)
-    return int((await conn.execute(query)).scalar_one())
