@@ -35,6 +35,19 @@ class Resources:
     disk_mb: int = 1024
     max_pids: int = 256
 
+    def to_json(self) -> dict[str, Any]:
+        """``{vcpu, memory_mb, disk_mb}``, as records store them."""
+        return {"vcpu": self.vcpu, "memory_mb": self.memory_mb, "disk_mb": self.disk_mb}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Resources:
+        """The inverse of `to_json`; what is missing takes the default."""
+        return cls(
+            vcpu=float(data.get("vcpu", 1.0)),
+            memory_mb=int(data.get("memory_mb", 512)),
+            disk_mb=int(data.get("disk_mb", 1024)),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Template:

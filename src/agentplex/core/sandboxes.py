@@ -57,7 +57,6 @@ class SandboxRecord:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> SandboxRecord:
-        res = row["resources"]
         return cls(
             id=row["id"],
             env_id=row["env_id"],
@@ -68,11 +67,7 @@ class SandboxRecord:
             isolation=row["isolation"],
             internet_access=bool(row["internet_access"]),
             timeout_seconds=row["timeout_seconds"],
-            resources=Resources(
-                vcpu=float(res.get("vcpu", 1.0)),
-                memory_mb=int(res.get("memory_mb", 512)),
-                disk_mb=int(res.get("disk_mb", 1024)),
-            ),
+            resources=Resources.from_json(row["resources"]),
             env_vars=dict(row["env_vars"]),
             expires_at=row["expires_at"],
             created_at=row["created_at"],
@@ -150,7 +145,6 @@ class SandboxService:
             sandbox_id, chosen, env_vars=env_vars, internet_access=internet_access
         )
         now = utcnow()
-        res = chosen.resources
         row = {
             "id": sandbox_id,
             "env_id": env_id,
@@ -161,7 +155,7 @@ class SandboxService:
             "isolation": self.backend.isolation.kind,
             "internet_access": internet_access,
             "timeout_seconds": timeout,
-            "resources": {"vcpu": res.vcpu, "memory_mb": res.memory_mb, "disk_mb": res.disk_mb},
+            "resources": chosen.resources.to_json(),
             "env_vars": env_vars,
             "expires_at": now + timedelta(seconds=timeout) if timeout else None,
             "created_at": now,

@@ -100,7 +100,6 @@ class CustomTemplate:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> CustomTemplate:
-        res = row["resources"]
         return cls(
             id=row["id"],
             env_id=row["env_id"],
@@ -111,11 +110,7 @@ class CustomTemplate:
             status=row["status"],
             steps=[BuildStep(s["command"], s["workdir"]) for s in row["steps"]],
             env=dict(row["env"]),
-            resources=Resources(
-                vcpu=float(res.get("vcpu", 1.0)),
-                memory_mb=int(res.get("memory_mb", 512)),
-                disk_mb=int(res.get("disk_mb", 1024)),
-            ),
+            resources=Resources.from_json(row["resources"]),
             logs=row["logs"],
             error_message=row["error_message"],
             created_at=row["created_at"],
@@ -232,11 +227,7 @@ class TemplateService:
             "status": "building",
             "steps": [{"command": s.command, "workdir": s.workdir} for s in request.steps],
             "env": dict(request.env),
-            "resources": {
-                "vcpu": resources.vcpu,
-                "memory_mb": resources.memory_mb,
-                "disk_mb": resources.disk_mb,
-            },
+            "resources": resources.to_json(),
             "logs": "",
             "error_message": None,
             "created_at": now,

@@ -259,9 +259,27 @@ class SandboxManager(SandboxBackend):
             raise SandboxUnavailable(f"The layer of template {template.name!r} is missing")
         return layer
 
-    def _environment(self, template: Template, env_vars: Mapping[str, str]) -> dict[str, str]:
+    def _new_handle(
+        self,
+        sandbox_id: str,
+        template: Template,
+        env_vars: Mapping[str, str],
+        internet_access: bool,
+    ) -> SandboxHandle:
+        """A handle for a sandbox of `template`, registered; its environment is the layer's,
+        then the template's, then the caller's."""
         layered = layer_env() if template.layer_id is not None else ()
-        return {**dict(layered), **dict(template.env), **env_vars}
+        handle = SandboxHandle(
+            id=sandbox_id,
+            template=template,
+            internet_access=internet_access,
+            env_vars={**dict(layered), **dict(template.env), **env_vars},
+            created_at=time.time(),
+            isolation=self.isolation.kind,
+            workspace=self.sandboxes_dir / sandbox_id / "workspace",
+        )
+        self._handles[sandbox_id] = handle
+        return handle
 
     def _on_exit(self, key: str, pid: int, status: int) -> None:
         sid = self._by_key.get(key)
@@ -342,17 +360,8 @@ class SandboxManager(SandboxBackend):
             raise BadRequest(f"Invalid or duplicate sandbox id {sandbox_id!r}")
         await self.open()
         assert self._launcher is not None
-        env = self._environment(template, env_vars)
-        handle = SandboxHandle(
-            id=sandbox_id,
-            template=template,
-            internet_access=internet_access,
-            env_vars=env,
-            created_at=time.time(),
-            isolation=self.isolation.kind,
-            workspace=self.sandboxes_dir / sandbox_id / "workspace",
-        )
-        self._handles[sandbox_id] = handle
+        handle = self._new_handle(sandbox_id, template, env_vars, internet_access)
+        env = handle.env_vars
         home = self.sandboxes_dir / sandbox_id
         try:
             layer = self._layer(template)
@@ -432,17 +441,8 @@ class SandboxManager(SandboxBackend):
             raise SandboxNotFound(f"Sandbox {sandbox_id} has no files here; create it again")
         handle = self._handles.get(sandbox_id)
         if handle is None:  # stopped by an earlier server process
-            handle = SandboxHandle(
-                id=sandbox_id,
-                template=template,
-                internet_access=internet_access,
-                env_vars=self._environment(template, env_vars),
-                created_at=time.time(),
-                isolation=self.isolation.kind,
-                workspace=home / "workspace",
-                state=SandboxState.STOPPED,
-            )
-            self._handles[sandbox_id] = handle
+            handle = self._new_handle(sandbox_id, template, env_vars, internet_access)
+            handle.state = SandboxState.STOPPED
         async with self._lock(sandbox_id):
             handle.state = next_state(handle.state, "start")
             env = dict(handle.env_vars)
