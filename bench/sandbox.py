@@ -58,9 +58,9 @@ def _port() -> int:
 
 
 @contextmanager
-def serve(pool_size: int) -> Iterator[tuple[str, str]]:
+def serve(pool_size: int, source: Path | None = None) -> Iterator[tuple[str, str]]:
     """`agentplex serve` with this pool size and one API key; yields (base URL, key) once the
-    pool is full."""
+    pool is full. `source`: run the code of another checkout's `src/` (a baseline release)."""
     data = tempfile.mkdtemp(prefix="agentplex-bench-")
     port = _port()
     env = {
@@ -69,6 +69,8 @@ def serve(pool_size: int) -> Iterator[tuple[str, str]]:
         "AGENTPLEX_LOG_LEVEL": "warning",
         "AGENTPLEX_RATE_LIMIT_ENABLED": "false",
     }
+    if source is not None:
+        env["PYTHONPATH"] = str(source / "src")
     exe = str(Path(sys.executable).parent / "agentplex")
     key = subprocess.run(
         [exe, "auth", "token", "--name", "bench", "--data-dir", data],
@@ -231,10 +233,12 @@ def idle_memory(count: int = 20) -> dict[str, float]:
     async def measure() -> dict[str, float]:
         with tempfile.TemporaryDirectory() as data:
             async with SandboxManager(Path(data), pool_size=0) as manager:
-                warm = await manager.create("python")  # the zygotes' pages are counted before
+                warm = await sandbox_layer.new_sandbox(
+                    manager, "python"
+                )  # the zygotes' pages are counted before
                 await asyncio.sleep(1.0)
                 before = _mem_available_kib()
-                handles = [await manager.create("python") for _ in range(count)]
+                handles = [await sandbox_layer.new_sandbox(manager, "python") for _ in range(count)]
                 await asyncio.sleep(2.0)  # eager kernels forked and settled
                 drop = (before - _mem_available_kib()) / count / 1024
                 uss = pss = 0
@@ -254,8 +258,94 @@ def idle_memory(count: int = 20) -> dict[str, float]:
     return asyncio.run(measure())
 
 
+SANDBOX_UIDS = (10000, 10001)  # the code's uid and agentd's (sandbox.manager)
+
+
+def _sandbox_pids() -> set[int]:
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid in SANDBOX_UIDS:
+                    pids.add(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def idle_memory_via_server(url: str, key: str, count: int = 20) -> dict[str, float]:
+    """The same figure as `idle_memory`, through a server (pool 0) of any version: USS/PSS of
+    the processes the new sandboxes brought (found by the sandbox uids) and the drop of
+    MemAvailable, per sandbox."""
+    sys.path.insert(0, str(BENCH))
+    import sandbox_layer
+
+    with _client(url, key) as http:
+        first = http.post("/v1/sandboxes", json={"template_name": "python"}).json()
+        time.sleep(1.0)
+        before, pids = _mem_available_kib(), _sandbox_pids()
+        made = [
+            http.post("/v1/sandboxes", json={"template_name": "python"}).json()["id"]
+            for _ in range(count)
+        ]
+        time.sleep(2.0)  # eager kernels forked and settled
+        drop = (before - _mem_available_kib()) / count / 1024
+        uss = pss = 0
+        for pid in _sandbox_pids() - pids:
+            u, p = sandbox_layer._mem(pid)
+            uss, pss = uss + u, pss + p
+        for sid in [first["id"], *made]:
+            http.delete(f"/v1/sandboxes/{sid}")
+    return {"uss_mib": uss / count / 1024, "pss_mib": pss / count / 1024, "drop_mib": drop}
+
+
+def compare(baseline: str, rounds: int) -> None:
+    """This checkout against the code of commit `baseline`, in one run: warm create + first
+    execute and idle memory per sandbox, alternating the two servers, medians and ratios."""
+    checkout = Path(tempfile.mkdtemp(prefix="agentplex-baseline-"))
+    subprocess.run(
+        ["git", "-C", str(BENCH.parent), "worktree", "add", "--detach", str(checkout), baseline],
+        check=True,
+        capture_output=True,
+    )
+    figures: dict[str, dict[str, list[float]]] = {"current": {}, "baseline": {}}
+    try:
+        for _ in range(2):
+            for name, source in (("current", None), ("baseline", checkout)):
+                with serve(pool_size=2, source=source) as (url, key):
+                    warm = create_exec_series(url, key, rounds, warm=True)
+                with serve(pool_size=0, source=source) as (url, key):
+                    memory = idle_memory_via_server(url, key)
+                for metric, value in {
+                    **{f"warm_{k}": v for k, v in warm.items()},
+                    **memory,
+                }.items():
+                    figures[name].setdefault(metric, []).append(value)
+                print(
+                    f"{name:<9} " + ", ".join(f"{k} {v:.1f}" for k, v in {**warm, **memory}.items())
+                )
+    finally:
+        subprocess.run(
+            ["git", "-C", str(BENCH.parent), "worktree", "remove", "--force", str(checkout)],
+            check=False,
+            capture_output=True,
+        )
+    print(f"\nmedians of 2 rounds each; ratio = this checkout / {baseline}")
+    summary: dict[str, Any] = {"baseline": baseline}
+    for metric in figures["current"]:
+        now = statistics.median(figures["current"][metric])
+        then = statistics.median(figures["baseline"][metric])
+        summary[metric] = {"current": now, "baseline": then, "ratio": now / then if then else None}
+        print(f"{metric:<16} {now:8.2f} vs {then:8.2f}   ratio {now / then:5.2f}")
+    RESULTS.parent.mkdir(exist_ok=True)
+    (RESULTS.parent / "sandbox_compare.json").write_text(json.dumps(summary, indent=2))
+
+
 def main() -> None:
     rounds = 20
+    if len(sys.argv) == 3 and sys.argv[1] == "--baseline":
+        compare(sys.argv[2], rounds)
+        return
     results: dict[str, Any] = {"baseline": baselines(rounds)}
     with serve(pool_size=2) as (url, key):
         results["warm_create_exec"] = create_exec_series(url, key, rounds, warm=True)

@@ -18,6 +18,7 @@ import json
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from agentplex.sandbox import SandboxHandle, SandboxManager
@@ -42,8 +43,15 @@ def _mem(pid: int) -> tuple[int, int]:
     return uss, pss
 
 
+async def new_sandbox(manager: SandboxManager, template: str = "python") -> SandboxHandle:
+    """A running sandbox of a built-in template, as core asks the manager for one."""
+    sandbox_id = "sbx-" + uuid.uuid4().hex[:16]
+    await manager.create(sandbox_id, manager.builtin(template), env_vars={}, internet_access=False)
+    return manager.get(sandbox_id)
+
+
 def _sandbox_pids(manager: SandboxManager, handle: SandboxHandle) -> list[int]:
-    from agentplex.sandbox.launcher import _descendants
+    from agentplex.sandbox.proctree import descendants as _descendants
 
     rt = manager._runtimes[handle.id]
     pids = set(_descendants(rt.bwrap_pid)) | set(_descendants(rt.agentd_pid))
@@ -52,7 +60,7 @@ def _sandbox_pids(manager: SandboxManager, handle: SandboxHandle) -> list[int]:
 
 async def _first_exec(manager: SandboxManager) -> float:
     start = time.perf_counter()
-    handle = await manager.create("python")
+    handle = await new_sandbox(manager, "python")
     status, _, body = await handle.request("POST", "/execute", json={"code": "print(1)"})
     elapsed = (time.perf_counter() - start) * 1000
     assert status == 200 and json.loads(body)["stdout"] == "1\n", body
@@ -71,7 +79,7 @@ async def main(rounds: int = 20) -> None:
             f"warm pool  create+print(1): p50 {statistics.median(warm):6.1f} ms"
             f"  p95 {_pct(warm, 0.95):6.1f} ms"
         )
-        h = await manager.create("python")
+        h = await new_sandbox(manager, "python")
         for lang, code in (("python", "print(1)"), ("bash", "echo 1")):
             times = []
             for _ in range(rounds):
@@ -90,7 +98,7 @@ async def main(rounds: int = 20) -> None:
 
         async def timed() -> tuple[float, SandboxHandle]:
             t = time.perf_counter()
-            handle = await manager.create("bash")
+            handle = await new_sandbox(manager, "bash")
             return (time.perf_counter() - t) * 1000, handle
 
         results = await asyncio.gather(*(timed() for _ in range(50)))

@@ -19,7 +19,8 @@ from agentplex.api.common.gateway import Gateway
 from agentplex.api.common.metrics import Metrics
 from agentplex.api.common.ratelimit import RateLimiter
 from agentplex.api.common.routing import Endpoint, RouteTable, SegmentRouter
-from agentplex.runtime import Runtime
+from agentplex.core.ports import SandboxBackend
+from agentplex.services import build_services
 from agentplex.settings import Settings
 
 _DESCRIPTION = """\
@@ -40,19 +41,20 @@ _MOUNTS: list[tuple[str, RouteTable, bool]] = [
 ]
 
 
-def create_app(settings: Settings) -> ASGIApp:
-    """Build the application for ``settings``; state is created on lifespan start."""
-    runtime = Runtime(settings)
+def create_app(settings: Settings, backend: SandboxBackend | None = None) -> ASGIApp:
+    """Build the application for ``settings`` (``backend`` replaces the configured sandbox
+    adapter); services start with the lifespan."""
+    services = build_services(settings, backend)
     metrics = Metrics()
     limiter = RateLimiter(settings.rate_limit)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        await runtime.start()
+        await services.start()
         try:
             yield
         finally:
-            await runtime.stop()
+            await services.stop()
 
     documented: list[tuple[str, Endpoint]] = []
     routes: list[BaseRoute] = []
@@ -60,7 +62,6 @@ def create_app(settings: Settings) -> ASGIApp:
         routes.extend(table.routes(prefix))
         if listed:
             documented.extend((prefix, e) for e in table.endpoints)
-    documented += [("", e) for e in hopx.dataplane.DOCUMENTED]
     spec: dict[str, Any] = openapi.build("agentplex", __version__, _DESCRIPTION, documented)
 
     async def openapi_json(_request: Request) -> Response:
@@ -69,19 +70,18 @@ def create_app(settings: Settings) -> ASGIApp:
     async def docs(_request: Request) -> Response:
         return HTMLResponse(openapi.SWAGGER_HTML)
 
-    routes += hopx.dataplane_routes()
     routes += [Route("/openapi.json", openapi_json), Route("/docs", docs)]
     app = Starlette(lifespan=lifespan, exception_handlers=errors.HANDLERS)
     app.router = SegmentRouter(routes, lifespan=lifespan)
-    app.state.runtime = runtime
+    app.state.services = services
     app.state.metrics = metrics
     app.state.limiter = limiter
     metrics.gauge(
-        "agentplex_log_entries", "Entries held in the log store.", lambda: len(runtime.logs)
+        "agentplex_log_entries", "Entries held in the log store.", lambda: len(services.logs)
     )
     return Gateway(
         app,
-        authenticator=runtime.auth,
+        authenticator=services.auth,
         limiter=limiter,
         metrics=metrics,
         max_body_bytes=settings.server.max_body_bytes,

@@ -75,7 +75,10 @@ class RateLimited(AgentplexError):
 
     def __init__(self, retry_after: int, message: str | None = None) -> None:
         self.retry_after = retry_after
-        super().__init__(message or f"Rate limit exceeded; retry in {retry_after} s.")
+        super().__init__(
+            message or f"Rate limit exceeded; retry in {retry_after} s.",
+            details={"retry_after_seconds": retry_after},
+        )
 
 
 class ServiceUnavailable(AgentplexError):
@@ -83,3 +86,36 @@ class ServiceUnavailable(AgentplexError):
 
     status = 503
     code = "service_unavailable"
+
+
+# -- sandboxes and templates -------------------------------------------------------------------
+
+
+class SandboxNotFound(NotFound):
+    """Sandbox not found."""
+
+    code = "sandbox_not_found"
+
+
+class SandboxStateConflict(Conflict):
+    """The sandbox is not in a state that allows this."""
+
+    code = "invalid_state"
+
+
+class SandboxUnavailable(ServiceUnavailable):
+    """Sandboxes are unavailable on this server."""
+
+    code = "sandbox_unavailable"
+
+
+class TemplateNotFound(NotFound):
+    """Template not found."""
+
+    code = "template_not_found"
+
+
+class TemplateNotReady(Conflict):
+    """The template is not built yet (or its build failed)."""
+
+    code = "template_not_ready"

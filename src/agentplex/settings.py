@@ -263,6 +263,11 @@ class SandboxSettings(_Subsystem):
     sweep_seconds: float = Field(
         1.0, gt=0, description="How often expired sandboxes are looked for."
     )
+    callback_allow_private: bool = Field(
+        False,
+        description="Let /execute/async POST its result to loopback and private addresses "
+        "(off: only public addresses, so clients cannot make the server call into its network).",
+    )
     warm_on_start: bool = Field(
         True,
         description="Start the sandbox layer (fork server, warm pool) when the server starts; "

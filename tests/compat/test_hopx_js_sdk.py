@@ -139,7 +139,12 @@ def js(
             {
                 "server": {"data_dir": tmp / "data"},
                 "database": {"url": url},
-                "sandbox": {"pool_size": 1, "warm_on_start": True},
+                # the script's callback receiver listens on loopback
+                "sandbox": {
+                    "pool_size": 1,
+                    "warm_on_start": True,
+                    "callback_allow_private": True,
+                },
             },
         )
         key = new_key(settings)

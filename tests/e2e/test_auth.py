@@ -41,7 +41,14 @@ def _assert_par(body: dict[str, Any], request_id: str) -> None:
 
 
 def _assert_hopx(body: dict[str, Any], request_id: str) -> None:
-    assert isinstance(body["error"], str)
+    # the control plane: hopx-ai reads error.*, @hopx-ai/sdk the top-level code and message
+    assert body["error"]["code"] == body["code"] == "UNAUTHORIZED"
+    assert HINT in body["error"]["message"] and HINT in body["message"]
+    assert body["error"]["request_id"] == request_id
+
+
+def _assert_hopx_data(body: dict[str, Any], request_id: str) -> None:
+    assert isinstance(body["error"], str)  # the agents' shape, which both SDKs' agent clients read
     assert HINT in body["error"]
     assert body["code"] == "UNAUTHORIZED"
     assert body["request_id"] == request_id
@@ -57,6 +64,7 @@ SURFACES = {
     "prx": ("/api/v1/logs", _assert_prx),
     "par": ("/agents", _assert_par),
     "hopx": ("/v1/sandboxes", _assert_hopx),
+    "hopx_data": ("/sandboxes/sbx_x/execute", _assert_hopx_data),
     "opencode": ("/session", _assert_opencode),
 }
 PUBLIC = ["/health", "/health/live", "/health/ready", "/status"]

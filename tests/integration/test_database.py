@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import text
 
 from agentplex.core import apikeys, environments
@@ -95,3 +97,51 @@ async def test_revoking_an_unknown_key_says_so(db: Database) -> None:
     async with db.write() as conn:
         with pytest.raises(apikeys.ApiKeyNotFound, match="apx_nope"):
             await apikeys.revoke(conn, "apx_nope")
+
+
+async def test_sandbox_tokens_move_to_their_own_table(database_url: str) -> None:
+    # 0004: the one token a sandbox had stays valid; sandboxes lose their token columns
+    database = Database(database_url)
+    try:
+        await migrate.upgrade(database, "0003")
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        old = sa.table(
+            "sandboxes",
+            *(sa.column(c) for c in ("id", "env_id", "template_id", "template_name", "status")),
+            *(sa.column(c) for c in ("isolation", "internet_access", "token_hash")),
+            sa.column("resources", sa.JSON),
+            sa.column("env_vars", sa.JSON),
+            *(
+                sa.column(c, sa.DateTime(timezone=True))
+                for c in ("token_expires_at", "created_at", "updated_at")
+            ),
+        )
+        async with database.write() as conn:
+            env = await environments.ensure_default(conn)
+            await conn.execute(
+                old.insert().values(
+                    id="sbx_old",
+                    env_id=env.id,
+                    template_id="bash",
+                    template_name="bash",
+                    status="stopped",
+                    isolation="bubblewrap",
+                    internet_access=False,
+                    resources={},
+                    env_vars={},
+                    token_hash="d" * 64,
+                    token_expires_at=datetime(2099, 1, 1, tzinfo=UTC),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        await migrate.upgrade(database)
+        async with database.read() as conn:
+            rows = (
+                await conn.execute(text("SELECT sandbox_id, token_hash FROM sandbox_tokens"))
+            ).all()
+            columns = (await conn.execute(text("SELECT * FROM sandboxes"))).keys()
+        assert [tuple(r) for r in rows] == [("sbx_old", "d" * 64)]
+        assert "token_hash" not in columns and "token_expires_at" not in columns
+    finally:
+        await database.dispose()

@@ -4,6 +4,7 @@ Python stack once, which is the expensive part; sandboxes themselves are cheap."
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from agentplex.core.ports import Template
 from agentplex.sandbox import SandboxHandle, SandboxManager
 
 
@@ -20,6 +22,22 @@ async def manager(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[San
     async with SandboxManager(data, pool_size=2, quota_interval=0.5) as m:
         await m.wait_pool(120)
         yield m
+
+
+async def create(
+    manager: SandboxManager,
+    template: str | Template = "python",
+    *,
+    env_vars: dict[str, str] | None = None,
+    internet_access: bool = False,
+) -> SandboxHandle:
+    """A new running sandbox of a built-in template (by id) or of ``template`` itself."""
+    chosen = template if isinstance(template, Template) else manager.builtin(template)
+    sandbox_id = "sbx-" + uuid.uuid4().hex[:16]
+    await manager.create(
+        sandbox_id, chosen, env_vars=env_vars or {}, internet_access=internet_access
+    )
+    return manager.get(sandbox_id)
 
 
 async def call(

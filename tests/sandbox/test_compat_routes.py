@@ -9,7 +9,7 @@ from datetime import datetime
 import pytest
 
 from agentplex.sandbox import SandboxManager
-from tests.sandbox.conftest import call, run
+from tests.sandbox.conftest import call, create, run
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 async def test_execute_ipython_runs_python_in_the_stateful_kernel(
     manager: SandboxManager,
 ) -> None:
-    h = await manager.create("python", env_vars={"GREETING": "hi"})
+    h = await create(manager, "python", env_vars={"GREETING": "hi"})
     await run(h, "shared = 20")
     # the JS SDK's runIpython sends no language: it is Python, in the kernel /execute uses
     status, body = await call(
@@ -62,7 +62,7 @@ async def test_execute_ipython_runs_python_in_the_stateful_kernel(
 
 
 async def test_processes_is_the_background_process_list(manager: SandboxManager) -> None:
-    h = await manager.create("python")
+    h = await create(manager, "python")
     status, body = await call(
         h, "POST", "/execute/background", json={"code": "import time; time.sleep(30)"}
     )
@@ -85,7 +85,7 @@ async def test_processes_is_the_background_process_list(manager: SandboxManager)
 
 
 async def test_jupyter_sessions_show_the_python_kernel(manager: SandboxManager) -> None:
-    h = await manager.create("python")
+    h = await create(manager, "python")
     await run(h, "x = 1")  # the kernel exists once Python has run
     status, body = await call(h, "GET", "/jupyter/sessions")
     assert status == 200
@@ -114,7 +114,7 @@ async def test_jupyter_sessions_show_the_python_kernel(manager: SandboxManager) 
 
 
 async def test_cache_stats_and_clear(manager: SandboxManager) -> None:
-    h = await manager.create("bash")
+    h = await create(manager, "bash")
     status, body = await call(h, "GET", "/cache/stats")
     assert status == 200
     # the shape both SDKs read; agentd caches no execution, so it is empty

@@ -12,15 +12,11 @@ from typing import Any
 
 import pytest
 
-from agentplex.sandbox import (
-    Resources,
-    SandboxHandle,
-    SandboxManager,
-    SandboxNotRunning,
-    Template,
-)
+from agentplex.core.ports import Resources, Template
+from agentplex.errors import SandboxStateConflict
+from agentplex.sandbox import SandboxHandle, SandboxManager
 from agentplex.sandbox.agentd.usage import disk_usage
-from tests.sandbox.conftest import call, run
+from tests.sandbox.conftest import call, create, run
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 MB = 1024 * 1024
@@ -48,9 +44,9 @@ async def _timed(handle: SandboxHandle, code: str, **extra: Any) -> tuple[float,
 
 
 async def test_http_client_leaving_interrupts_its_cell(manager: SandboxManager) -> None:
-    h = await manager.create("python")
+    h = await create(manager, "python")
     await run(h, "kept = 'yes'")
-    with pytest.raises(SandboxNotRunning):  # the client's own timeout: it closes the connection
+    with pytest.raises(SandboxStateConflict):  # the client's own timeout: it closes the connection
         await h.request(
             "POST", "/execute", json={"code": "import time; time.sleep(30)"}, timeout=0.5
         )
@@ -61,7 +57,7 @@ async def test_http_client_leaving_interrupts_its_cell(manager: SandboxManager) 
 
 
 async def test_http_client_leaving_kills_its_process(manager: SandboxManager) -> None:
-    h = await manager.create("bash")
+    h = await create(manager, "bash")
     late = "sleep 1.5; touch /workspace/{}"
     calls = [
         h.request(
@@ -70,14 +66,14 @@ async def test_http_client_leaving_kills_its_process(manager: SandboxManager) ->
         h.request("POST", "/commands/run", json={"command": late.format("c")}, timeout=0.5),
     ]
     for result in await asyncio.gather(*calls, return_exceptions=True):
-        assert isinstance(result, SandboxNotRunning), result
+        assert isinstance(result, SandboxStateConflict), result
     await asyncio.sleep(2.0)
     assert not (h.workspace / "e").exists() and not (h.workspace / "c").exists()
     await manager.delete(h.id)
 
 
 async def test_websocket_dropped_mid_cell_interrupts_it(manager: SandboxManager) -> None:
-    h = await manager.create("python")
+    h = await create(manager, "python")
     await run(h, "kept = 'yes'")
     code = "print('started', flush=True)\nimport time\ntime.sleep(30)"
     async with h.websocket("/execute/stream") as ws:
@@ -93,7 +89,7 @@ async def test_websocket_dropped_mid_cell_interrupts_it(manager: SandboxManager)
 
 
 async def test_timeout_counts_time_queued_behind_another_cell(manager: SandboxManager) -> None:
-    h = await manager.create("python")
+    h = await create(manager, "python")
     first = asyncio.create_task(run(h, "import time; time.sleep(4)"))
     await asyncio.sleep(0.3)  # the first cell holds the kernel
     start = time.monotonic()
@@ -119,7 +115,7 @@ async def test_timeout_counts_time_queued_behind_another_cell(manager: SandboxMa
 
 
 async def test_env_changes_reach_the_python_kernel(manager: SandboxManager) -> None:
-    h = await manager.create("python", env_vars={"A": "1", "B": "2"})
+    h = await create(manager, "python", env_vars={"A": "1", "B": "2"})
     show = "import os\nprint([os.environ.get(k) for k in ('A', 'B', 'C', 'MINE', 'ONCE')])"
     assert (await run(h, show))["stdout"] == "['1', '2', None, None, None]\n"
     await run(h, "os.environ['MINE'] = 'mine'", env={"ONCE": "1"})
@@ -142,7 +138,7 @@ async def test_env_changes_reach_the_python_kernel(manager: SandboxManager) -> N
 
 @pytest.mark.parametrize("call_", ["exit()", "quit()"])
 async def test_exit_restarts_the_kernel(manager: SandboxManager, call_: str) -> None:
-    h = await manager.create("python")
+    h = await create(manager, "python")
     await run(h, "x = 1")
     out = await run(h, f"print('before')\n{call_}")
     assert out["stdout"] == "before\n"
@@ -157,7 +153,7 @@ async def test_exit_restarts_the_kernel(manager: SandboxManager, call_: str) -> 
 
 
 async def test_exit_codes_are_real_and_signals_are_128_plus(manager: SandboxManager) -> None:
-    h = await manager.create("python")
+    h = await create(manager, "python")
     out = await run(h, "import os; os._exit(7)")
     assert out["exit_code"] == 7 and "exited with code 7" in out["stderr"]
     out = await run(h, "import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
@@ -175,7 +171,7 @@ async def test_exit_codes_are_real_and_signals_are_128_plus(manager: SandboxMana
 
 
 async def test_missing_workdir_is_one_clear_4xx_everywhere(manager: SandboxManager) -> None:
-    h = await manager.create("python")
+    h = await create(manager, "python")
     await call(h, "POST", "/files/write", json={"path": "afile", "content": "x"})
     for workdir, why in (("/workspace/nope", "does not exist"), ("afile", "not a directory")):
         requests = [
@@ -205,53 +201,50 @@ async def test_missing_workdir_is_one_clear_4xx_everywhere(manager: SandboxManag
 
 async def test_quota_stop_is_explained_and_bounded(manager: SandboxManager) -> None:
     quota_mb = 256
-    manager.templates["quota"] = Template(
+    quota = Template(
         id="quota",
         name="quota",
         display_name="Quota",
         language="python",
         resources=Resources(vcpu=1.0, memory_mb=512, disk_mb=quota_mb),
     )
-    try:
-        h = await manager.create("quota")
-        writer = "i=0; while true; do i=$((i+1)); head -c 32M /dev/zero > f$i; done"
-        _, bg = await call(h, "POST", "/commands/background", json={"command": writer})
-        sleeper = "sleep 20"
-        results = await asyncio.gather(
-            call(h, "POST", "/commands/run", json={"command": sleeper}),
-            run(h, sleeper, "bash"),
-            run(h, "import time; time.sleep(20)"),
-            _stream(h, {"code": sleeper, "language": "bash"}),
-        )
-        peak = disk_usage(h.workspace)
-        _, body = results[0]
-        assert body["exit_code"] == 137 and "disk quota exceeded" in body["stderr"], body
-        for body in results[1:3]:
-            assert body["exit_code"] != 0 and "disk quota exceeded" in body["stderr"], body
-        frames = results[3]
-        said = "".join(f["data"] for f in frames if f["type"] == "stderr")
-        assert "disk quota exceeded" in said, frames
-        for _ in range(50):
-            _, listing = await call(h, "GET", "/execute/processes")
-            mine = [p for p in listing["processes"] if p["process_id"] == bg["process_id"]]
-            if mine and mine[0]["status"] != "running":
-                break
-            await asyncio.sleep(0.1)
-        assert mine[0]["status"] == "failed" and mine[0]["exit_code"] == 137, mine
-        assert "disk quota exceeded" in mine[0]["stderr"]
-        # 32 MiB files written at page-cache speed: a fixed 0.5 s period let this reach
-        # several times the quota; checks that come sooner near the limit keep it close
-        assert peak < (quota_mb + 192) * MB, peak // MB
-        await manager.delete(h.id)
-    finally:
-        del manager.templates["quota"]
+    h = await create(manager, quota)
+    writer = "i=0; while true; do i=$((i+1)); head -c 32M /dev/zero > f$i; done"
+    _, bg = await call(h, "POST", "/commands/background", json={"command": writer})
+    sleeper = "sleep 20"
+    results = await asyncio.gather(
+        call(h, "POST", "/commands/run", json={"command": sleeper}),
+        run(h, sleeper, "bash"),
+        run(h, "import time; time.sleep(20)"),
+        _stream(h, {"code": sleeper, "language": "bash"}),
+    )
+    peak = disk_usage(h.workspace)
+    _, body = results[0]
+    assert body["exit_code"] == 137 and "disk quota exceeded" in body["stderr"], body
+    for body in results[1:3]:
+        assert body["exit_code"] != 0 and "disk quota exceeded" in body["stderr"], body
+    frames = results[3]
+    said = "".join(f["data"] for f in frames if f["type"] == "stderr")
+    assert "disk quota exceeded" in said, frames
+    for _ in range(50):
+        _, listing = await call(h, "GET", "/execute/processes")
+        mine = [p for p in listing["processes"] if p["process_id"] == bg["process_id"]]
+        if mine and mine[0]["status"] != "running":
+            break
+        await asyncio.sleep(0.1)
+    assert mine[0]["status"] == "failed" and mine[0]["exit_code"] == 137, mine
+    assert "disk quota exceeded" in mine[0]["stderr"]
+    # 32 MiB files written at page-cache speed: a fixed 0.5 s period let this reach
+    # several times the quota; checks that come sooner near the limit keep it close
+    assert peak < (quota_mb + 192) * MB, peak // MB
+    await manager.delete(h.id)
 
 
 # -- 8. the kernel keeps its own working directory (Jupyter) ------------------------------------
 
 
 async def test_kernel_keeps_its_working_directory(manager: SandboxManager) -> None:
-    h = await manager.create("python")
+    h = await create(manager, "python")
     await run(h, "import os; os.makedirs('/workspace/sub', exist_ok=True)")
     sdk = {"workdir": "/workspace"}  # what the hopx-ai SDKs send when the caller names none
     await run(h, "os.chdir('/tmp')", **sdk)
@@ -271,7 +264,7 @@ async def test_kernel_keeps_its_working_directory(manager: SandboxManager) -> No
 
 
 async def test_figures_come_back_with_any_backend(manager: SandboxManager) -> None:
-    h = await manager.create("python")
+    h = await create(manager, "python")
     code = (
         "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
         "for n in (2, 3):\n    plt.figure(); plt.plot(range(n)); plt.show()\n"

@@ -9,21 +9,23 @@ import shutil
 
 import pytest
 
-from agentplex.sandbox import (
-    Resources,
-    SandboxManager,
-    SandboxNotRunning,
-    SandboxState,
-    Template,
-)
-from tests.sandbox.conftest import call, run
+from agentplex.core.ports import Resources, Template
+from agentplex.errors import SandboxStateConflict
+from agentplex.sandbox import SandboxHandle, SandboxManager, SandboxState
+from tests.sandbox.conftest import call, create, run
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
+async def _start(manager: SandboxManager, handle: SandboxHandle) -> None:
+    await manager.start(
+        handle.id, handle.template, env_vars={}, internet_access=handle.internet_access
+    )
+
+
 async def test_isolation_is_bubblewrap(manager: SandboxManager) -> None:
     assert manager.isolation.kind == "bubblewrap"
-    handle = await manager.create()
+    handle = await create(manager)
     assert handle.isolation == "bubblewrap" and handle.state is SandboxState.RUNNING
     status, body = await call(handle, "GET", "/health")
     assert (status, body["status"]) == (200, "healthy")
@@ -34,7 +36,7 @@ async def test_isolation_is_bubblewrap(manager: SandboxManager) -> None:
 
 
 async def test_python_state_persists_and_rich_output(manager: SandboxManager) -> None:
-    h = await manager.create("python", env_vars={"GREETING": "hi"})
+    h = await create(manager, "python", env_vars={"GREETING": "hi"})
     assert (await run(h, "x = 40"))["success"]
     out = await run(h, "import os\nprint(x + 2, os.environ['GREETING'])")
     assert out["stdout"] == "42 hi\n" and out["exit_code"] == 0
@@ -54,7 +56,7 @@ async def test_python_state_persists_and_rich_output(manager: SandboxManager) ->
 
 
 async def test_bash_node_and_commands(manager: SandboxManager) -> None:
-    h = await manager.create("bash")
+    h = await create(manager, "bash")
     out = await run(h, "echo out; echo err >&2; exit 3", "bash")
     assert (out["stdout"], out["stderr"], out["exit_code"], out["success"]) == (
         "out\n",
@@ -80,7 +82,7 @@ async def test_bash_node_and_commands(manager: SandboxManager) -> None:
 
 
 async def test_env_routes(manager: SandboxManager) -> None:
-    h = await manager.create("bash", env_vars={"A": "1"})
+    h = await create(manager, "bash", env_vars={"A": "1"})
     assert (await call(h, "GET", "/env"))[1]["env_vars"] == {"A": "1"}
     await call(h, "PATCH", "/env", json={"env_vars": {"B": "2"}, "merge": True})
     assert (await call(h, "GET", "/env"))[1]["env_vars"] == {"A": "1", "B": "2"}
@@ -91,7 +93,7 @@ async def test_env_routes(manager: SandboxManager) -> None:
 
 
 async def test_files_round_trip(manager: SandboxManager) -> None:
-    h = await manager.create("bash")
+    h = await create(manager, "bash")
     status, _ = await call(
         h, "POST", "/files/write", json={"path": "dir/a.txt", "content": "héllo"}
     )
@@ -143,7 +145,7 @@ def _multipart(blob: bytes) -> bytes:
 
 
 async def test_timeout_interrupts_and_keeps_sandbox_usable(manager: SandboxManager) -> None:
-    h = await manager.create("python")
+    h = await create(manager, "python")
     await run(h, "kept = 'yes'")
     status, body = await call(
         h, "POST", "/execute", json={"code": "while True: pass", "timeout": 1}
@@ -159,7 +161,7 @@ async def test_timeout_interrupts_and_keeps_sandbox_usable(manager: SandboxManag
 
 
 async def test_background_processes(manager: SandboxManager) -> None:
-    h = await manager.create("python")
+    h = await create(manager, "python")
     status, body = await call(
         h, "POST", "/execute/background", json={"code": "import time; time.sleep(30)"}
     )
@@ -181,14 +183,14 @@ async def test_background_processes(manager: SandboxManager) -> None:
 
 
 async def test_stop_start_pause_resume_delete(manager: SandboxManager) -> None:
-    h = await manager.create("bash", env_vars={"K": "v"})
+    h = await create(manager, "bash", env_vars={"K": "v"})
     await call(h, "POST", "/files/write", json={"path": "keep.txt", "content": "kept"})
     await call(h, "PATCH", "/env", json={"env_vars": {"L": "w"}})
     await manager.stop(h.id)
     assert h.state is SandboxState.STOPPED and (h.workspace / "keep.txt").exists()
-    with pytest.raises(SandboxNotRunning):
+    with pytest.raises(SandboxStateConflict):
         await h.request("GET", "/health")
-    await manager.start(h.id)
+    await _start(manager, h)
     assert h.state is SandboxState.RUNNING
     out = await run(h, 'cat keep.txt; echo " $K $L"', "bash")
     assert out["stdout"] == "kept v w\n"
@@ -204,7 +206,7 @@ async def test_stop_start_pause_resume_delete(manager: SandboxManager) -> None:
     await asyncio.sleep(0.3)
     await manager.pause(h.id)
     assert h.state is SandboxState.PAUSED
-    with pytest.raises(SandboxNotRunning):
+    with pytest.raises(SandboxStateConflict):
         await h.request("GET", "/health")
     size = (h.workspace / "ticks").stat().st_size
     await asyncio.sleep(0.4)
@@ -221,7 +223,7 @@ async def test_stop_start_pause_resume_delete(manager: SandboxManager) -> None:
 
 
 async def test_websocket_execute_stream_and_terminal(manager: SandboxManager) -> None:
-    h = await manager.create("python")
+    h = await create(manager, "python")
     async with h.websocket("/execute/stream") as ws:
         await ws.send(
             json.dumps(
@@ -262,7 +264,7 @@ async def test_websocket_execute_stream_and_terminal(manager: SandboxManager) ->
 
 
 async def test_files_watch_reports_changes(manager: SandboxManager) -> None:
-    h = await manager.create("bash")
+    h = await create(manager, "bash")
     await run(h, "mkdir -p sub && echo 1 > sub/old.txt && echo 1 > keep.txt", "bash")
     async with h.websocket("/files/watch") as ws:
         await ws.send(json.dumps({"action": "watch", "path": "/workspace"}))
@@ -287,7 +289,7 @@ async def test_files_watch_reports_changes(manager: SandboxManager) -> None:
 
 
 async def test_metrics_are_the_sandboxs_own(manager: SandboxManager) -> None:
-    h = await manager.create("bash")
+    h = await create(manager, "bash")
     _, first = await call(h, "GET", "/metrics/snapshot")
     assert first["source"] == "cgroup"
     limit = h.template.resources.memory_mb * 1024 * 1024
@@ -313,18 +315,14 @@ async def test_pooled_sandbox_takes_a_larger_template_limit(manager: SandboxMana
         language="bash",
         resources=Resources(vcpu=1.0, memory_mb=3000, disk_mb=64),
     )
-    manager.templates["big"] = big
-    try:
-        await manager.wait_pool(60)
-        handle = await manager.create("big")
-        out = await run(handle, "cat /proc/self/status | grep -c Pid", "bash")
-        assert out["exit_code"] == 0
-        status, body = await call(handle, "GET", "/metrics/snapshot")
-        assert status == 200, body
-        assert json.dumps(body).count(str(3000 * 1024 * 1024)) >= 1, body
-        await manager.delete(handle.id)
-    finally:
-        del manager.templates["big"]
+    await manager.wait_pool(60)
+    handle = await create(manager, big)
+    out = await run(handle, "cat /proc/self/status | grep -c Pid", "bash")
+    assert out["exit_code"] == 0
+    status, body = await call(handle, "GET", "/metrics/snapshot")
+    assert status == 200, body
+    assert json.dumps(body).count(str(3000 * 1024 * 1024)) >= 1, body
+    await manager.delete(handle.id)
 
 
 async def test_stop_and_delete_leave_no_process_behind(manager: SandboxManager) -> None:
@@ -337,7 +335,7 @@ async def test_stop_and_delete_leave_no_process_behind(manager: SandboxManager) 
             return None
         return None if fields[0] in ("Z", "X") else fields[19]
 
-    h = await manager.create("python")
+    h = await create(manager, "python")
     await run(h, "x = 1")  # the kernel is up
     status, _ = await call(h, "POST", "/commands/background", json={"command": "sleep 300"})
     assert status == 200
@@ -361,12 +359,12 @@ async def test_stop_and_delete_leave_no_process_behind(manager: SandboxManager) 
         assert alive == [], (action, alive)
         assert not any(d.exists() for d in dirs), action
         if action == "stop":
-            await manager.start(h.id)
+            await _start(manager, h)
 
 
 async def test_records_survive_manager_restart(manager: SandboxManager) -> None:
     # last in this module: the second manager clears the first one's pool directories
-    h = await manager.create("bash")
+    h = await create(manager, "bash")
     await call(h, "POST", "/files/write", json={"path": "f", "content": "x"})
     async with SandboxManager(
         manager.data_dir,
@@ -375,9 +373,11 @@ async def test_records_survive_manager_restart(manager: SandboxManager) -> None:
         runtime_dir=manager.run_dir.with_name(manager.run_dir.name + "-b"),
         preload_scientific=False,
     ) as second:
+        with pytest.raises(SandboxStateConflict):  # nothing of it runs in the new process
+            await second.request(h.id, "GET", "/health")
+        await second.start(h.id, manager.builtin("bash"), env_vars={}, internet_access=False)
         again = second.get(h.id)
-        assert again.state is SandboxState.STOPPED and "restarted" in again.reason
-        await second.start(h.id)
+        assert again.state is SandboxState.RUNNING
         assert (await run(again, "cat f", "bash"))["stdout"] == "x"
         await second.stop(h.id)
     await manager.delete(h.id)

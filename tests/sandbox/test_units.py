@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
+from agentplex.errors import SandboxStateConflict
 from agentplex.sandbox.agentd.errors import AgentError
 from agentplex.sandbox.agentd.paths import PathMapper
-from agentplex.sandbox.errors import InvalidTransition, TemplateNotFound
 from agentplex.sandbox.pool import WarmPool
 from agentplex.sandbox.state import SandboxState, next_state
-from agentplex.sandbox.templates import builtin_templates, resolve_template
+from agentplex.sandbox.templates import builtin_templates
+from tests.sandbox.conftest import create
 
 
 @pytest.fixture
@@ -73,19 +75,16 @@ def test_state_machine_allows_the_hopx_lifecycle() -> None:
     ],
 )
 def test_state_machine_refuses_the_rest(state: SandboxState, action: str) -> None:
-    with pytest.raises(InvalidTransition, match=f"cannot {action}"):
+    with pytest.raises(SandboxStateConflict, match=f"cannot {action}"):
         next_state(state, action)
 
 
-def test_templates_have_hopx_fields() -> None:
-    templates = builtin_templates()
+def test_builtin_templates_are_what_this_host_runs() -> None:
+    templates = {t.id: t for t in builtin_templates()}
     assert {"python", "bash"} <= set(templates)
-    data = templates["python"].to_dict()
-    assert {"id", "name", "display_name", "language", "resources"} <= set(data)
-    assert set(data["resources"]) == {"vcpu", "memory_mb", "disk_mb"}
-    assert resolve_template(templates, None).id == "python"
-    with pytest.raises(TemplateNotFound):
-        resolve_template(templates, "cobol")
+    assert templates["python"].language == "python" and templates["python"].builtin
+    assert ("node" in templates) == (shutil.which("node") is not None)
+    assert ("go" in templates) == (shutil.which("go") is not None)
 
 
 async def test_pool_fills_hands_out_and_refills() -> None:
@@ -160,9 +159,9 @@ async def test_a_closed_manager_leaves_no_cgroups(tmp_path: Path) -> None:
         await manager.close()
         pytest.fail("cgroups are not writable here; this test needs them, as the suite does")
     bases = list(manager.cgroups.bases.values())
-    handle = await manager.create("bash")
+    handle = await create(manager, "bash")
     await manager.stop(handle.id)
-    await manager.start(handle.id)
+    await manager.start(handle.id, handle.template, env_vars={}, internet_access=False)
     await manager.close()
     assert bases and not any(base.exists() for base in bases)
 
@@ -178,7 +177,7 @@ async def test_missing_cgroups_are_reported_loudly(
     await sandboxes.open()
     try:
         assert sandboxes.status()["cgroups"].startswith("unavailable")
-        handle = await sandboxes.create("bash")  # still runs, without limits
+        handle = await create(sandboxes, "bash")  # still runs, without limits
         assert handle.state.value == "running"
     finally:
         await sandboxes.close()

@@ -10,8 +10,10 @@ import socket
 
 import pytest
 
-from agentplex.sandbox import Resources, SandboxManager, Template
-from tests.sandbox.conftest import call, run
+from agentplex.core.ports import IsolationInfo, Resources, Template
+from agentplex.errors import SandboxUnavailable
+from agentplex.sandbox import SandboxManager
+from tests.sandbox.conftest import call, create, run
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -25,8 +27,8 @@ SMALL = Template(
 
 
 async def test_filesystem_outside_workspace_is_read_only_or_hidden(manager: SandboxManager) -> None:
-    h = await manager.create("bash")
-    other = await manager.create("bash")
+    h = await create(manager, "bash")
+    other = await create(manager, "bash")
     (other.workspace / "secret.txt").write_text("other's secret")
     for attempt in (
         "echo x > /etc/evil",
@@ -65,12 +67,12 @@ async def test_no_network_without_internet_access(manager: SandboxManager) -> No
         "print('connected')"
     )
     try:
-        h = await manager.create("python")
+        h = await create(manager, "python")
         out = await run(h, probe)
         assert "connected" not in out["stdout"] and "ConnectionRefused" in out["stderr"]
         out = await run(h, "import socket; socket.create_connection(('1.1.1.1', 53), timeout=2)")
         assert not out["success"]
-        net = await manager.create("python", internet_access=True)
+        net = await create(manager, "python", internet_access=True)
         assert (await run(net, probe))["stdout"] == "connected\n"  # the flag really opens it
         await manager.delete(net.id)
         await manager.delete(h.id)
@@ -79,7 +81,7 @@ async def test_no_network_without_internet_access(manager: SandboxManager) -> No
 
 
 async def test_host_processes_are_invisible_and_unsignalable(manager: SandboxManager) -> None:
-    h = await manager.create("bash")
+    h = await create(manager, "bash")
     me = os.getpid()
     out = await run(h, f"kill -0 {me} && echo reached; ls /proc | grep -c '^[0-9]'", "bash")
     assert "reached" not in out["stdout"]
@@ -90,7 +92,7 @@ async def test_host_processes_are_invisible_and_unsignalable(manager: SandboxMan
 
 
 async def test_code_cannot_signal_or_limit_its_agentd(manager: SandboxManager) -> None:
-    h = await manager.create("python")
+    h = await create(manager, "python")
     agentd = manager._runtimes[h.id].agentd_pid
     out = await run(h, "pgrep -x agentd", "bash")
     assert out["stdout"].strip(), out  # the code sees agentd: the attempts below are real
@@ -134,7 +136,7 @@ async def test_code_cannot_signal_or_limit_its_agentd(manager: SandboxManager) -
 
 
 async def test_files_of_the_code_and_of_the_files_api_are_shared(manager: SandboxManager) -> None:
-    h = await manager.create("bash")
+    h = await create(manager, "bash")
     out = await run(h, "umask 077; echo private > mine.txt; id -u", "bash")
     assert out["stdout"] == "1000\n"
     status, body = await call(h, "GET", "/files/read", params={"path": "/workspace/mine.txt"})
@@ -148,16 +150,17 @@ async def test_files_of_the_code_and_of_the_files_api_are_shared(manager: Sandbo
 
 
 async def test_memory_bomb_ends_only_that_work(manager: SandboxManager) -> None:
-    bystander = await manager.create("python")
+    bystander = await create(manager, "python")
     await run(bystander, "alive = True")
-    h = await manager.create(
+    h = await create(
+        manager,
         Template(
             id="m",
             name="m",
             display_name="m",
             language="python",
             resources=Resources(memory_mb=160, disk_mb=64),
-        )
+        ),
     )
     await run(h, "before = 1")
     out = await run(h, "x = b'x' * (600 * 1024 * 1024)", timeout=20)
@@ -174,8 +177,8 @@ async def test_memory_bomb_ends_only_that_work(manager: SandboxManager) -> None:
 
 
 async def test_fork_bomb_is_contained(manager: SandboxManager) -> None:
-    bystander = await manager.create("bash")
-    h = await manager.create(SMALL)
+    bystander = await create(manager, "bash")
+    h = await create(manager, SMALL)
     status, _body = await call(
         h,
         "POST",
@@ -192,7 +195,7 @@ async def test_fork_bomb_is_contained(manager: SandboxManager) -> None:
 
 
 async def test_disk_fill_is_bounded(manager: SandboxManager) -> None:
-    h = await manager.create(SMALL)
+    h = await create(manager, SMALL)
     out = await run(h, "head -c 20M /dev/zero > big", "bash")
     assert out["exit_code"] != 0 and "File size limit exceeded" in out["stderr"]
     out = await run(
@@ -218,7 +221,7 @@ async def test_pooled_python_kernel_takes_the_templates_file_size_limit(
         language="python",
         resources=Resources(disk_mb=4),
     )
-    h = await manager.create(small)  # from the pool, whose kernel started with a higher limit
+    h = await create(manager, small)  # from the pool, whose kernel started with a higher limit
     out = await run(h, "open('big', 'wb').write(b'x' * (6 * 1024 * 1024))")
     assert not out["success"] and "File too large" in out["stderr"] + str(out.get("error"))
     await manager.delete(h.id)
@@ -227,12 +230,10 @@ async def test_pooled_python_kernel_takes_the_templates_file_size_limit(
 async def test_unisolated_mode_is_refused_unless_allowed(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    from agentplex.sandbox import IsolationInfo, IsolationUnavailable
-
     none = IsolationInfo("none", "forced by the test")
     refusing = SandboxManager(tmp_path_factory.mktemp("a"), isolation=none, pool_size=0)
-    with pytest.raises(IsolationUnavailable, match="forced by the test"):
-        await refusing.create("bash")
+    with pytest.raises(SandboxUnavailable, match="forced by the test"):
+        await create(refusing, "bash")
     await refusing.close()
     async with SandboxManager(
         tmp_path_factory.mktemp("b"),
@@ -242,7 +243,7 @@ async def test_unisolated_mode_is_refused_unless_allowed(
         preload_scientific=False,
         quota_interval=0,
     ) as m:
-        h = await m.create("bash")
+        h = await create(m, "bash")
         assert h.isolation == "none"
         out = await run(h, "echo hi > f; cat f; pwd", "bash")
         assert out["stdout"] == f"hi\n{os.path.realpath(m.run_dir)}/{h._key}/workspace\n" or out[

@@ -6,10 +6,10 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import jwt
 
@@ -32,12 +32,23 @@ class Principal:
     key_id: str | None
     subject: str  # what rate limits count against
     sandbox_id: str | None = None  # set for a sandbox's data-plane token
+    expires: float | None = None  # epoch seconds after which the credential is void
+
+
+class TokenVerifier(Protocol):
+    """Another kind of bearer token the server accepts (e.g. sandbox data-plane tokens)."""
+
+    async def verify(self, credential: str) -> Principal | None:
+        """The caller the credential stands for, or None if it is not one of these tokens."""
+        ...
 
 
 class Authenticator:
     """Verifies credentials, caching verified keys for a short while."""
 
-    def __init__(self, db: Database, settings: AuthSettings) -> None:
+    def __init__(
+        self, db: Database, settings: AuthSettings, verifiers: Sequence[TokenVerifier] = ()
+    ) -> None:
         self._db = db
         self._settings = settings
         self._default_env_id = ""
@@ -49,12 +60,8 @@ class Authenticator:
         self._keys_checked_at = float("-inf")
         self._used: set[str] = set()
         self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
-        self._token_verifiers: list[Callable[[str], Awaitable[Principal | None]]] = []
+        self._verifiers = list(verifiers)
         self.anonymous = Principal("", "anonymous", None, "anonymous")
-
-    def add_token_verifier(self, verify: Callable[[str], Awaitable[Principal | None]]) -> None:
-        """Accept another kind of bearer token (e.g. sandbox data-plane tokens)."""
-        self._token_verifiers.append(verify)
 
     def set_default_env(self, env_id: str) -> None:
         """The environment of env-var keys, JWTs without an ``env_id`` and anonymous calls."""
@@ -92,7 +99,11 @@ class Authenticator:
             principal = await self._verify_once(credential, digest)
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
-            self._cache[digest] = (principal, now + self._settings.cache_seconds)
+            until = now + self._settings.cache_seconds
+            if principal is not None and principal.expires is not None:
+                # a credential that expires is trusted no longer than it lives
+                until = min(until, now + principal.expires - time.time())
+            self._cache[digest] = (principal, until)
         if principal is not None and principal.key_id is not None:
             self._used.add(principal.key_id)
         return principal
@@ -112,8 +123,8 @@ class Authenticator:
     async def _verify(self, credential: str, digest: str) -> Principal | None:
         if self._jwt_key is not None and credential.count(".") == 2:
             return self._verify_jwt(credential)
-        for verify in self._token_verifiers:
-            principal = await verify(credential)
+        for verifier in self._verifiers:
+            principal = await verifier.verify(credential)
             if principal is not None:
                 return principal
         async with self._db.read() as conn:
@@ -141,13 +152,9 @@ class Authenticator:
             return None
         subject = str(claims.get("sub", "jwt"))
         env_id = str(claims.get("env_id") or self._default_env_id)
-        return Principal(env_id, "jwt", None, "jwt:" + subject)
-
-    def remember(self, credential: str, principal: Principal) -> None:
-        """Trust a credential just issued (e.g. a new sandbox token) for the cache time, so
-        its first use costs no lookup."""
-        expires = time.monotonic() + self._settings.cache_seconds
-        self._cache[apikeys.hash_key(credential)] = (principal, expires)
+        exp = claims.get("exp")
+        expires = float(exp) if isinstance(exp, int | float) else None
+        return Principal(env_id, "jwt", None, "jwt:" + subject, expires=expires)
 
     def forget(self) -> None:
         """Drop cached verdicts (after a key is created or revoked in this process)."""

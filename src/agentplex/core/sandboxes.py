@@ -1,109 +1,130 @@
-"""The sandbox control plane: lifecycle of sandbox records over the sandbox manager.
+"""The sandbox control plane: sandbox records over the `SandboxBackend` port.
 
-The manager (``agentplex.sandbox``) owns processes; this service owns what the API promises:
-records that survive restarts, per-sandbox data-plane tokens, timeouts that are enforced, and
-errors in domain terms.
+The backend owns processes; this service owns what the API promises: records that survive
+restarts (a sandbox that was running comes back ``stopped``), data-plane tokens, timeouts that
+are enforced, and the one gate to every sandbox's data plane.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
-import secrets
-from collections.abc import Callable, Iterator
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
-from agentplex.core import apikeys
-from agentplex.core import sandbox_records as records
-from agentplex.core.clock import aware, new_id, utcnow
-from agentplex.core.sandbox_records import SandboxNotFound, SandboxRecord
-from agentplex.core.templates import TemplateNotFound, TemplateService
+from agentplex.core.clock import new_id, utcnow
+from agentplex.core.ports import DataPlaneResponse, DataPlaneSocket, Resources, SandboxBackend
+from agentplex.core.sandbox_tokens import IssuedToken, SandboxTokens
+from agentplex.core.templates import TemplateService
 from agentplex.db.engine import Database
-from agentplex.errors import AgentplexError, BadRequest, Conflict, ServiceUnavailable
+from agentplex.db.records import sandboxes as records
+from agentplex.errors import (
+    BadRequest,
+    SandboxNotFound,
+    SandboxStateConflict,
+    TemplateNotFound,
+)
 from agentplex.settings import SandboxSettings
-
-if TYPE_CHECKING:
-    from agentplex.sandbox import SandboxHandle, SandboxManager, Template
 
 log = logging.getLogger("agentplex.sandboxes")
 
-TOKEN_PREFIX = "sbt_"  # noqa: S105 - a prefix, not a secret
 LIVE_STATES = ("creating", "running", "paused")
+_RESTARTED = "the server restarted; start the sandbox to use it again"
 
 
-class SandboxStateConflict(Conflict):
-    """The sandbox is not in a state that allows this."""
+@dataclass(frozen=True, slots=True)
+class SandboxRecord:
+    """What the control plane knows of a sandbox."""
 
-    surface_codes = {"hopx": "INVALID_STATE"}
+    id: str
+    env_id: str
+    template_id: str
+    template_name: str
+    status: str  # creating, running, paused or stopped
+    status_reason: str | None
+    isolation: str
+    internet_access: bool
+    timeout_seconds: int | None
+    resources: Resources
+    env_vars: dict[str, str]
+    expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
 
-
-class SandboxUnavailable(ServiceUnavailable):
-    """Sandboxes are unavailable on this server."""
-
-    surface_codes = {"hopx": "SANDBOX_UNAVAILABLE"}
-
-
-@contextlib.contextmanager
-def translated() -> Iterator[None]:
-    """Sandbox-layer exceptions as domain errors."""
-    from agentplex.sandbox import errors as sandbox_errors
-
-    try:
-        yield
-    except AgentplexError:
-        raise
-    except sandbox_errors.TemplateNotFound as exc:
-        raise TemplateNotFound(str(exc)) from exc
-    except sandbox_errors.SandboxNotFound as exc:
-        raise SandboxNotFound(str(exc)) from exc
-    except (sandbox_errors.InvalidTransition, sandbox_errors.SandboxNotRunning) as exc:
-        raise SandboxStateConflict(str(exc)) from exc
-    except (sandbox_errors.IsolationUnavailable, sandbox_errors.SandboxStartFailed) as exc:
-        raise SandboxUnavailable(str(exc)) from exc
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> SandboxRecord:
+        return cls(
+            id=row["id"],
+            env_id=row["env_id"],
+            template_id=row["template_id"],
+            template_name=row["template_name"],
+            status=row["status"],
+            status_reason=row["status_reason"],
+            isolation=row["isolation"],
+            internet_access=bool(row["internet_access"]),
+            timeout_seconds=row["timeout_seconds"],
+            resources=Resources.from_json(row["resources"]),
+            env_vars=dict(row["env_vars"]),
+            expires_at=row["expires_at"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
 
 
 class SandboxService:
-    """Create, inspect and drive sandboxes of an environment."""
+    """Create, inspect and drive the sandboxes of each environment."""
 
     def __init__(
         self,
         db: Database,
-        manager: SandboxManager,
-        settings: SandboxSettings,
+        backend: SandboxBackend,
         templates: TemplateService,
+        tokens: SandboxTokens,
+        settings: SandboxSettings,
     ) -> None:
         self.db = db
-        self.manager = manager
+        self.backend = backend
         self.templates = templates
+        self.tokens = tokens
         self.settings = settings
         self._sweeper: asyncio.Task[None] | None = None
-        # sandbox id -> environment, for sandboxes of this process: a sandbox never changes
-        # environment, so the data-plane proxy need not read its record on every request
+        self._writes: set[asyncio.Task[None]] = set()
+        # sandbox id -> environment: a sandbox never changes environment, so the data-plane
+        # gate need not read its record on every request
         self._env_of: dict[str, str] = {}
-        # told of every token issued (the authenticator pre-trusts it)
-        self.on_token: Callable[[str, SandboxRecord], None] | None = None
 
     async def start(self) -> None:
         """Reconcile records with reality after a restart, then enforce timeouts."""
         async with self.db.write() as conn:
-            for record in await records.with_status(conn, LIVE_STATES):
-                await records.update_fields(
-                    conn,
-                    record.id,
-                    status="stopped",
-                    status_reason="the server restarted; start the sandbox to use it again",
-                    expires_at=None,
-                )
-        self._sweeper = asyncio.create_task(self._sweep(), name="sandbox-timeouts")
+            for row in await records.with_status(conn, LIVE_STATES):
+                values = {"status": "stopped", "status_reason": _RESTARTED, "expires_at": None}
+                await records.update_fields(conn, row["id"], {**values, "updated_at": utcnow()})
+        self.backend.on_exit(self._on_exit)
+        self._sweeper = asyncio.create_task(self._sweep(), name="sandbox-sweeper")
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        tasks = [t for t in (self._sweeper, *self._writes) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+                await task
+
+    def _on_exit(self, sandbox_id: str, reason: str) -> None:
+        """A sandbox stopped on its own (crash, out of memory): its record says so."""
+
+        async def write() -> None:
+            async with self.db.write() as conn:
+                values = {"status": "stopped", "status_reason": reason, "expires_at": None}
+                await records.update_fields(conn, sandbox_id, {**values, "updated_at": utcnow()})
+
+        task = asyncio.get_running_loop().create_task(write())
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -115,46 +136,41 @@ class SandboxService:
         timeout_seconds: int | None,
         internet_access: bool,
         env_vars: dict[str, str],
-    ) -> tuple[SandboxRecord, str]:
-        """A new running sandbox and its data-plane token (shown once)."""
+    ) -> tuple[SandboxRecord, IssuedToken]:
+        """A new running sandbox and its first data-plane token (shown once)."""
         chosen = await self.templates.resolve(env_id, template)
         timeout = self._timeout(timeout_seconds)
         sandbox_id = "sbx_" + new_id().replace("-", "")[:20]
-        with translated():
-            handle = await self.manager.create(
-                chosen, env_vars=env_vars, internet_access=internet_access, sandbox_id=sandbox_id
-            )
-        now = utcnow()
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        record = SandboxRecord(
-            id=sandbox_id,
-            env_id=env_id,
-            template_id=chosen.id,
-            template_name=chosen.name,
-            status="running",
-            status_reason=None,
-            isolation=str(getattr(handle, "isolation", "bubblewrap")),
-            internet_access=internet_access,
-            timeout_seconds=timeout,
-            resources=_resources(chosen),
-            env_vars=env_vars,
-            token_hash=apikeys.hash_key(token),
-            token_expires_at=now + timedelta(seconds=self.settings.token_ttl_seconds),
-            expires_at=now + timedelta(seconds=timeout) if timeout else None,
-            created_at=now,
-            updated_at=now,
+        await self.backend.create(
+            sandbox_id, chosen, env_vars=env_vars, internet_access=internet_access
         )
+        now = utcnow()
+        row = {
+            "id": sandbox_id,
+            "env_id": env_id,
+            "template_id": chosen.id,
+            "template_name": chosen.name,
+            "status": "running",
+            "status_reason": None,
+            "isolation": self.backend.isolation.kind,
+            "internet_access": internet_access,
+            "timeout_seconds": timeout,
+            "resources": chosen.resources.to_json(),
+            "env_vars": env_vars,
+            "expires_at": now + timedelta(seconds=timeout) if timeout else None,
+            "created_at": now,
+            "updated_at": now,
+        }
         try:
             async with self.db.write() as conn:
-                await records.insert(conn, record)
+                await records.insert(conn, row)
+                token = await self.tokens.issue(env_id, sandbox_id, conn)
         except BaseException:
             with contextlib.suppress(Exception):
-                await self.manager.delete(sandbox_id)
+                await self.backend.delete(sandbox_id)
             raise
         self._env_of[sandbox_id] = env_id
-        if self.on_token is not None:
-            self.on_token(token, record)
-        return record, token
+        return SandboxRecord.from_row(row), token
 
     def _timeout(self, requested: int | None) -> int | None:
         if requested is None:
@@ -166,8 +182,12 @@ class SandboxService:
         return requested or None
 
     async def get(self, env_id: str, sandbox_id: str) -> SandboxRecord:
+        """The sandbox, if it belongs to environment ``env_id`` (else SandboxNotFound)."""
         async with self.db.read() as conn:
-            return await records.get(conn, env_id, sandbox_id)
+            row = await records.get(conn, env_id, sandbox_id)
+        if row is None:
+            raise SandboxNotFound(f"Sandbox {sandbox_id} not found")
+        return SandboxRecord.from_row(row)
 
     async def check_owner(self, env_id: str, sandbox_id: str) -> None:
         """Raise SandboxNotFound unless the sandbox belongs to environment ``env_id``."""
@@ -178,34 +198,48 @@ class SandboxService:
     async def page(
         self, env_id: str, *, status: str | None, limit: int, cursor: str | None
     ) -> tuple[list[SandboxRecord], str | None]:
+        """Newest first, and the cursor of the next page (None at the end)."""
         async with self.db.read() as conn:
-            return await records.page(conn, env_id, status=status, limit=limit, cursor=cursor)
+            rows, next_cursor = await records.page(
+                conn, env_id, status=status, limit=limit, cursor=cursor
+            )
+        return [SandboxRecord.from_row(r) for r in rows], next_cursor
 
     async def delete(self, env_id: str, sandbox_id: str) -> None:
+        """Remove the sandbox, its files and its tokens."""
         record = await self.get(env_id, sandbox_id)
-        await self._open()  # the manager must know the sandbox to remove its files
-        with translated(), contextlib.suppress(SandboxNotFound):
-            await self.manager.delete(record.id)
+        await self.backend.delete(record.id)
         async with self.db.write() as conn:
-            await records.delete(conn, record.id)
+            await records.remove(conn, record.id)
         self._env_of.pop(record.id, None)
+        self.tokens.forget(record.id)
 
     async def stop(self, env_id: str, sandbox_id: str, reason: str | None = None) -> SandboxRecord:
+        """End the sandbox's processes; its files stay."""
         record = await self.get(env_id, sandbox_id)
         if record.status != "stopped":
-            with translated(), contextlib.suppress(SandboxNotFound):
-                await self.manager.stop(record.id)
+            await self.backend.stop(record.id)
         return await self._set(record, status="stopped", status_reason=reason, expires_at=None)
 
     async def start_sandbox(self, env_id: str, sandbox_id: str) -> SandboxRecord:
+        """Start a stopped sandbox again, its timeout counted afresh."""
         record = await self.get(env_id, sandbox_id)
         if record.status == "running":
             return record
         if record.status != "stopped":
             raise SandboxStateConflict(f"Sandbox {sandbox_id} is {record.status}; resume it")
-        await self._open()
-        with translated():
-            await self.manager.start(record.id)
+        try:
+            template = await self.templates.resolve(env_id, record.template_id)
+        except TemplateNotFound:
+            raise SandboxStateConflict(
+                f"Sandbox {sandbox_id}'s template {record.template_name!r} no longer exists"
+            ) from None
+        await self.backend.start(
+            record.id,
+            template,
+            env_vars=record.env_vars,
+            internet_access=record.internet_access,
+        )
         expires = (
             utcnow() + timedelta(seconds=record.timeout_seconds) if record.timeout_seconds else None
         )
@@ -217,8 +251,7 @@ class SandboxService:
             raise SandboxStateConflict(
                 f"Sandbox {sandbox_id} is {record.status}; only a running sandbox can be paused"
             )
-        with translated():
-            await self.manager.pause(record.id)
+        await self.backend.pause(record.id)
         return await self._set(record, status="paused")
 
     async def resume(self, env_id: str, sandbox_id: str) -> SandboxRecord:
@@ -227,13 +260,13 @@ class SandboxService:
             raise SandboxStateConflict(
                 f"Sandbox {sandbox_id} is {record.status}; only a paused sandbox can be resumed"
             )
-        with translated():
-            await self.manager.resume(record.id)
+        await self.backend.resume(record.id)
         return await self._set(record, status="running")
 
     async def set_timeout(
         self, env_id: str, sandbox_id: str, timeout_seconds: int
     ) -> SandboxRecord:
+        """A new lifetime counted from now (0: none); a stopped sandbox keeps it for start."""
         record = await self.get(env_id, sandbox_id)
         timeout = self._timeout(timeout_seconds)
         expires = utcnow() + timedelta(seconds=timeout) if timeout else None
@@ -241,69 +274,70 @@ class SandboxService:
             expires = None
         return await self._set(record, timeout_seconds=timeout, expires_at=expires)
 
-    async def refresh_token(self, env_id: str, sandbox_id: str) -> tuple[SandboxRecord, str]:
+    async def refresh_token(
+        self, env_id: str, sandbox_id: str
+    ) -> tuple[SandboxRecord, IssuedToken]:
+        """Another data-plane token; the earlier ones stay valid until their own expiry."""
         record = await self.get(env_id, sandbox_id)
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        expires = utcnow() + timedelta(seconds=self.settings.token_ttl_seconds)
-        updated = await self._set(
-            record, token_hash=apikeys.hash_key(token), token_expires_at=expires
-        )
-        if self.on_token is not None:
-            self.on_token(token, updated)
-        return updated, token
+        return record, await self.tokens.issue(env_id, record.id)
 
     async def _set(self, record: SandboxRecord, **values: Any) -> SandboxRecord:
         async with self.db.write() as conn:
-            await records.update_fields(conn, record.id, **values)
-            return await records.get(conn, record.env_id, record.id)
+            await records.update_fields(conn, record.id, {**values, "updated_at": utcnow()})
+            row = await records.get(conn, record.env_id, record.id)
+        if row is None:
+            raise SandboxNotFound(f"Sandbox {record.id} not found")
+        return SandboxRecord.from_row(row)
 
     # -- data plane --------------------------------------------------------------------------
 
-    async def by_token(self, token: str) -> SandboxRecord | None:
-        """The sandbox a data-plane token belongs to, if it is valid and unexpired."""
-        if not token.startswith(TOKEN_PREFIX):
-            return None
-        digest = apikeys.hash_key(token)
-        async with self.db.read() as conn:
-            record = await records.by_token(conn, digest)
-        if record is None or record.token_hash is None:
-            return None
-        if not hmac.compare_digest(record.token_hash, digest):
-            return None
-        if record.token_expires_at is not None and aware(record.token_expires_at) < utcnow():
-            return None
-        return record
+    async def request(
+        self,
+        sandbox_id: str,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> DataPlaneResponse:
+        """One request to a running sandbox's data plane (the caller checked ownership)."""
+        return await self.backend.request(
+            sandbox_id,
+            method,
+            path,
+            json=json,
+            params=params,
+            content=content,
+            headers=headers,
+            timeout=timeout,
+        )
 
-    def handle(self, sandbox_id: str) -> SandboxHandle:
-        """The running sandbox's handle, for proxying its data plane."""
-        from agentplex.sandbox import errors as sandbox_errors
+    def websocket(
+        self, sandbox_id: str, path: str, *, headers: Mapping[str, str] | None = None
+    ) -> AbstractAsyncContextManager[DataPlaneSocket]:
+        """A WebSocket to a running sandbox's data plane (the caller checked ownership)."""
+        return self.backend.websocket(sandbox_id, path, headers=headers)
 
-        try:
-            return self.manager.get(sandbox_id)
-        except sandbox_errors.SandboxNotFound:
-            raise SandboxStateConflict(
-                f"Sandbox {sandbox_id} is not running; start it first"
-            ) from None
-
-    async def _open(self) -> None:
-        with translated():
-            await self.manager.open()
+    # -- housekeeping ------------------------------------------------------------------------
 
     async def _sweep(self) -> None:
+        """Stop sandboxes whose timeout passed; now and then, delete expired tokens."""
+        rounds = 0
         while True:
             await asyncio.sleep(self.settings.sweep_seconds)
+            rounds += 1
             try:
                 async with self.db.read() as conn:
-                    due = await records.expired(conn, utcnow())
+                    due = [SandboxRecord.from_row(r) for r in await records.expired(conn, utcnow())]
                 for record in due:
                     log.info("sandbox %s timed out; stopping it", record.id)
                     await self.stop(record.env_id, record.id, reason="timeout expired")
+                if rounds % 600 == 1:
+                    await self.tokens.prune()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("sandbox timeout sweep failed")
-
-
-def _resources(template: Template) -> dict[str, Any]:
-    res = template.resources
-    return {"vcpu": res.vcpu, "memory_mb": res.memory_mb, "disk_mb": res.disk_mb}
+                log.exception("sandbox sweep failed")

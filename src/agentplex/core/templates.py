@@ -1,6 +1,9 @@
-"""Sandbox templates: the built-ins, and custom templates built from a base template plus
-setup commands into a layer of their own (built once, mounted read-only into every sandbox of
-the template)."""
+"""Sandbox templates: the backend's built-ins, and custom templates built from a built-in plus
+setup commands into a layer of their own (built once, then seen read-only by every sandbox of
+the template).
+
+This is the one place a template reference (an id or a name, or nothing) becomes a `Template`.
+"""
 
 from __future__ import annotations
 
@@ -8,136 +11,128 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import shutil
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select, update
-
-from agentplex.core.clock import aware, iso, new_id, utcnow
+from agentplex.core.clock import aware, new_id, utcnow
+from agentplex.core.ports import DEFAULT_TEMPLATE, Resources, SandboxBackend, Template
 from agentplex.db.engine import Database
-from agentplex.db.tables import templates as templates_table
-from agentplex.errors import BadRequest, Conflict, NotFound
-
-if TYPE_CHECKING:
-    from agentplex.sandbox import SandboxManager, Template
+from agentplex.db.records import sandboxes as sandbox_records
+from agentplex.db.records import templates as records
+from agentplex.errors import BadRequest, Conflict, TemplateNotFound, TemplateNotReady
 
 log = logging.getLogger("agentplex.templates")
 
-_STEP_TIMEOUT = 900.0
+STEP_TIMEOUT_SECONDS = 900.0
 _LOG_LIMIT = 1_000_000
-_IMAGE_LANGUAGES = (("python", "python"), ("node", "node"), ("golang", "go"), ("go:", "go"))
 
 
-class TemplateNotFound(NotFound):
-    """Template not found."""
+@dataclass(frozen=True, slots=True)
+class BuildStep:
+    """One setup command and the directory it runs in."""
 
-    surface_codes = {"hopx": "TEMPLATE_NOT_FOUND"}
-
-
-class TemplateNotReady(Conflict):
-    """The template is not built yet (or its build failed)."""
-
-    surface_codes = {"hopx": "TEMPLATE_NOT_READY"}
+    command: str
+    workdir: str = "/workspace"
 
 
 @dataclass(frozen=True, slots=True)
 class BuildRequest:
+    """What to build: a custom template ``name`` from the built-in ``base``."""
+
     name: str
     base: str
-    commands: list[tuple[str, str]]  # (command, workdir)
+    steps: list[BuildStep]
+    env: dict[str, str] = field(default_factory=dict)
+    display_name: str | None = None
+    vcpu: float | None = None
+    memory_mb: int | None = None
+    disk_mb: int | None = None
+    replace: bool = False  # replace a template of the same name
+
+
+@dataclass(frozen=True, slots=True)
+class CustomTemplate:
+    """A custom template of an environment and the state of its build."""
+
+    id: str
+    env_id: str
+    name: str
+    display_name: str
+    base_template: str
+    language: str
+    status: str  # building, active or failed
+    steps: list[BuildStep]
     env: dict[str, str]
-    resources: dict[str, Any]
-    steps: list[dict[str, Any]]
+    resources: Resources
+    logs: str
+    error_message: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
 
+    @property
+    def steps_started(self) -> int:
+        """How many steps the build has begun (each logs a ``Step i/n`` line)."""
+        return self.logs.count("Step ")
 
-def parse_build(body: dict[str, Any]) -> BuildRequest:
-    """Read a build request: ``{name, from_template | from_image, steps | setup_commands}``."""
-    name = body.get("name") or body.get("alias")
-    if not isinstance(name, str) or not name.strip():
-        raise BadRequest("A template build needs a 'name'")
-    base = body.get("from_template") or body.get("base_template") or body.get("template")
-    if not base and isinstance(body.get("from_image"), str):
-        image = body["from_image"].lower()
-        base = next((lang for key, lang in _IMAGE_LANGUAGES if key in image), "bash")
-    commands: list[tuple[str, str]] = []
-    env: dict[str, str] = {}
-    workdir = "/workspace"
-    steps = body.get("steps") or []
-    if not isinstance(steps, list):
-        raise BadRequest("'steps' must be a list of {type, args}")
-    for index, step in enumerate(steps):
-        if not isinstance(step, dict):
-            raise BadRequest(f"step {index} must be an object with 'type' and 'args'")
-        kind = str(step.get("type", "")).upper()
-        args = [str(a) for a in step.get("args") or []]
-        if kind == "RUN" and args:
-            commands.append((" ".join(args), workdir))
-        elif kind == "ENV" and args:
-            if len(args) == 1 and "=" in args[0]:
-                key, _, value = args[0].partition("=")
-            elif len(args) == 2:
-                key, value = args
-            else:
-                raise BadRequest(f"step {index}: ENV takes KEY VALUE or KEY=VALUE")
-            env[key] = value
-        elif kind == "WORKDIR" and args:
-            workdir = args[0]
-        else:
-            raise BadRequest(
-                f"step {index}: {kind or 'a step without a type'} is not supported; "
-                "use RUN, ENV or WORKDIR (files can be written by RUN commands)"
-            )
-    setup = body.get("setup_commands") or []
-    if not isinstance(setup, list) or not all(isinstance(c, str) for c in setup):
-        raise BadRequest("'setup_commands' must be a list of shell commands")
-    commands += [(c, workdir) for c in setup]
-    extra_env = body.get("env") or body.get("env_vars") or {}
-    if not isinstance(extra_env, dict):
-        raise BadRequest("'env' must be an object of strings")
-    env.update({str(k): str(v) for k, v in extra_env.items()})
-    resources = {
-        k: v
-        for k, v in (
-            ("vcpu", body.get("cpu")),
-            ("memory_mb", body.get("memory")),
-            ("disk_mb", int(body["diskGB"]) * 1024 if body.get("diskGB") else None),
+    @property
+    def build_duration_ms(self) -> int | None:
+        if self.started_at is None or self.completed_at is None:
+            return None
+        return int((aware(self.completed_at) - aware(self.started_at)).total_seconds() * 1000)
+
+    def template(self, *, building: bool = False) -> Template:
+        """The template its sandboxes are made from (the build's own, with a writable layer)."""
+        return Template(
+            id=self.id,
+            name=self.name,
+            display_name=self.display_name,
+            language=self.language,
+            resources=self.resources,
+            description=f"Built from {self.base_template}",
+            builtin=False,
+            layer_id=self.id,
+            layer_writable=building,
+            env=tuple(sorted(self.env.items())),
         )
-        if v is not None
-    }
-    return BuildRequest(name.strip(), str(base or "python"), commands, env, resources, steps)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> CustomTemplate:
+        return cls(
+            id=row["id"],
+            env_id=row["env_id"],
+            name=row["name"],
+            display_name=row["display_name"],
+            base_template=row["base_template"],
+            language=row["language"],
+            status=row["status"],
+            steps=[BuildStep(s["command"], s["workdir"]) for s in row["steps"]],
+            env=dict(row["env"]),
+            resources=Resources.from_json(row["resources"]),
+            logs=row["logs"],
+            error_message=row["error_message"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            completed_at=row["completed_at"],
+        )
 
 
 class TemplateService:
-    """Lists, builds and deletes templates; the manager gets every active one."""
+    """Resolves, lists, builds and deletes the templates of each environment."""
 
-    def __init__(self, db: Database, manager: SandboxManager, data_dir: Path) -> None:
+    def __init__(self, db: Database, backend: SandboxBackend) -> None:
         self.db = db
-        self.manager = manager
-        self.root = data_dir.resolve() / "templates"
+        self.backend = backend
         self._builds: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Register active custom templates; builds cut short by a restart are failed."""
+        """Builds cut short by a restart are failed."""
         async with self.db.write() as conn:
-            await conn.execute(
-                update(templates_table)
-                .where(templates_table.c.status == "building")
-                .values(
-                    status="failed",
-                    error_message="the server restarted during the build; build it again",
-                    completed_at=utcnow(),
-                )
+            await records.fail_unfinished(
+                conn, "the server restarted during the build; build it again", utcnow()
             )
-            rows = (
-                await conn.execute(
-                    select(templates_table).where(templates_table.c.status == "active")
-                )
-            ).all()
-        for row in rows:
-            self.manager.templates[row.id] = self._template(row._mapping)
 
     async def close(self) -> None:
         for task in list(self._builds):
@@ -148,91 +143,91 @@ class TemplateService:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def _builtins(self) -> list[Template]:
-        return [t for t in self.manager.templates.values() if t.builtin]
+    def builtins(self) -> list[Template]:
+        return self.backend.builtin_templates()
 
     def _builtin(self, ref: str) -> Template | None:
-        return next((t for t in self._builtins() if ref in (t.id, t.name)), None)
+        return next((t for t in self.builtins() if ref in (t.id, t.name)), None)
 
-    async def _row(self, env_id: str, ref: str) -> dict[str, Any] | None:
-        query = select(templates_table).where(
-            templates_table.c.env_id == env_id,
-            (templates_table.c.id == ref) | (templates_table.c.name == ref),
-        )
+    async def _find(self, env_id: str, ref: str) -> CustomTemplate | None:
         async with self.db.read() as conn:
-            row = (await conn.execute(query)).first()
-        return dict(row._mapping) if row else None
+            row = await records.find(conn, env_id, ref)
+        return CustomTemplate.from_row(row) if row else None
 
-    async def list_views(self, env_id: str) -> list[dict[str, Any]]:
+    async def custom(self, env_id: str) -> list[CustomTemplate]:
+        """The environment's custom templates, oldest first."""
         async with self.db.read() as conn:
-            rows = await conn.execute(
-                select(templates_table)
-                .where(templates_table.c.env_id == env_id)
-                .order_by(templates_table.c.created_at)
-            )
-            custom = [self._view(dict(r._mapping)) for r in rows]
-        return [_builtin_view(t) for t in self._builtins()] + custom
+            return [CustomTemplate.from_row(r) for r in await records.of_env(conn, env_id)]
 
-    async def view(self, env_id: str, ref: str) -> dict[str, Any]:
+    async def get(self, env_id: str, ref: str) -> Template | CustomTemplate:
+        """A built-in template, or one of the environment's custom ones, by id or name."""
         if (builtin := self._builtin(ref)) is not None:
-            return _builtin_view(builtin)
-        row = await self._row(env_id, ref)
-        if row is None:
+            return builtin
+        found = await self._find(env_id, ref)
+        if found is None:
             raise TemplateNotFound(f"Template {ref!r} not found")
-        return self._view(row)
+        return found
+
+    async def build_record(self, env_id: str, ref: str) -> CustomTemplate:
+        """A custom template with its build's state and logs."""
+        found = await self._find(env_id, ref)
+        if found is None:
+            raise TemplateNotFound(f"Build {ref!r} not found")
+        return found
 
     async def resolve(self, env_id: str, ref: str | None) -> Template:
-        """The template a sandbox of ``env_id`` is created from."""
-        name = ref or "python"
+        """The template a sandbox of ``env_id`` is made from; ``None`` is the default."""
+        name = ref or DEFAULT_TEMPLATE
         if (builtin := self._builtin(name)) is not None:
             return builtin
-        row = await self._row(env_id, name)
-        if row is None:
-            available = sorted(t.name for t in self._builtins())
+        found = await self._find(env_id, name)
+        if found is None:
+            available = sorted(t.name for t in self.builtins())
             raise TemplateNotFound(f"Template {name!r} not found; built in: {', '.join(available)}")
-        if row["status"] != "active":
-            raise TemplateNotReady(
-                f"Template {row['name']!r} is {row['status']}"
-                + (f": {row['error_message']}" if row.get("error_message") else "")
-            )
-        return self.manager.templates.get(row["id"]) or self._template(row)
+        if found.status != "active":
+            reason = f": {found.error_message}" if found.error_message else ""
+            raise TemplateNotReady(f"Template {found.name!r} is {found.status}{reason}")
+        return found.template()
 
     # -- building ----------------------------------------------------------------------------
 
-    async def build(self, env_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def build(self, env_id: str, request: BuildRequest) -> CustomTemplate:
         """Start building a template; answers at once, the build goes on in the background."""
-        if not self.manager.isolation.isolated:
+        if not self.backend.builds_layers:
             raise TemplateNotReady(
                 "Custom templates need sandbox isolation (bubblewrap), which is unavailable here"
             )
-        request = parse_build(body)
-        base = await self.resolve(env_id, request.base)
-        if not base.builtin:
-            raise BadRequest("A template can only be built from a built-in template")
-        existing = await self._row(env_id, request.name)
+        base = self._builtin(request.base)
+        if base is None:
+            if await self._find(env_id, request.base) is not None:
+                raise BadRequest("A template can only be built from a built-in template")
+            available = ", ".join(sorted(t.name for t in self.builtins()))
+            raise TemplateNotFound(
+                f"Base template {request.base!r} not found; built in: {available}"
+            )
+        existing = await self._find(env_id, request.name)
         if existing is not None:
-            if not body.get("update"):
+            if not request.replace:
                 raise Conflict(f"Template {request.name!r} exists; delete it or send update=true")
-            await self.delete(env_id, existing["id"])
+            await self.delete(env_id, existing.id)
         template_id = "tpl_" + new_id().replace("-", "")[:20]
-        resources = {
-            "vcpu": base.resources.vcpu,
-            "memory_mb": base.resources.memory_mb,
-            "disk_mb": base.resources.disk_mb,
-            **request.resources,
-        }
+        resources = Resources(
+            vcpu=request.vcpu if request.vcpu is not None else base.resources.vcpu,
+            memory_mb=request.memory_mb or base.resources.memory_mb,
+            disk_mb=request.disk_mb or base.resources.disk_mb,
+        )
         now = utcnow()
-        row = {
+        row: dict[str, Any] = {
             "id": template_id,
             "env_id": env_id,
             "name": request.name,
-            "display_name": str(body.get("display_name") or request.name),
+            "display_name": request.display_name or request.name,
             "base_template": base.id,
             "language": base.language,
             "status": "building",
-            "steps": [{"command": c, "workdir": w} for c, w in request.commands],
-            "env": request.env,
-            "resources": resources,
+            "steps": [{"command": s.command, "workdir": s.workdir} for s in request.steps],
+            "env": dict(request.env),
+            "resources": resources.to_json(),
             "logs": "",
             "error_message": None,
             "created_at": now,
@@ -240,190 +235,108 @@ class TemplateService:
             "completed_at": None,
         }
         async with self.db.write() as conn:
-            await conn.execute(templates_table.insert().values(**row))
-        task = asyncio.create_task(self._run(row), name=f"template-build-{template_id}")
+            await records.insert(conn, row)
+        record = CustomTemplate.from_row(row)
+        task = asyncio.create_task(self._run(record), name=f"template-build-{template_id}")
         self._builds.add(task)
         task.add_done_callback(self._builds.discard)
-        return {
-            "build_id": template_id,
-            "template_id": template_id,
-            "status": "building",
-            "logs_url": f"/v1/templates/build/{template_id}/logs",
-        }
+        return record
 
-    def _layer(self, template_id: str) -> Path:
-        return self.root / template_id / "layer"
-
-    def _template(self, row: Any, *, building: bool = False) -> Template:
-        from agentplex.sandbox import Resources, Template
-        from agentplex.sandbox.templates import layer_env
-
-        res = row["resources"]
-        return Template(
-            id=row["id"],
-            name=row["name"],
-            display_name=row["display_name"],
-            language=row["language"],
-            resources=Resources(
-                vcpu=float(res.get("vcpu", 1.0)),
-                memory_mb=int(res.get("memory_mb", 512)),
-                disk_mb=int(res.get("disk_mb", 1024)),
-            ),
-            description=f"Built from {row['base_template']}",
-            builtin=False,
-            layer=str(self._layer(row["id"])),
-            layer_writable=building,
-            env=(*layer_env(), *sorted(dict(row["env"]).items())),
-        )
-
-    async def _run(self, row: dict[str, Any]) -> None:
-        template_id = row["id"]
-        layer = self._layer(template_id)
-        layer.mkdir(parents=True, exist_ok=True)
-        uid = getattr(self.manager, "sandbox_uid", None)
-        if uid is not None and os.geteuid() == 0:
-            os.chown(layer, uid, uid)  # the build runs as the sandbox user
-        sandbox_id = "bld_" + new_id().replace("-", "")[:20]
+    async def _run(self, record: CustomTemplate) -> None:
+        build_id = "bld_" + new_id().replace("-", "")[:20]
         logs: list[str] = []
         error: str | None = None
         try:
-            builder = self._template(row, building=True)
-            handle = await self.manager.create(builder, internet_access=True, sandbox_id=sandbox_id)
-            for index, step in enumerate(row["steps"], start=1):
-                command = step["command"]
-                logs.append(f"Step {index}/{len(row['steps'])}: RUN {command}\n")
-                await self._save_logs(template_id, logs)
-                status, _headers, body = await handle.request(
-                    "POST",
-                    "/commands/run",
-                    json={"command": command, "workdir": step["workdir"], "timeout": _STEP_TIMEOUT},
-                    timeout=_STEP_TIMEOUT + 30,
-                )
-                result = json.loads(body or b"{}")
-                output = str(result.get("stdout", "")) + str(result.get("stderr", ""))
-                details = result.get("details") or {}
-                output += str(details.get("stdout", "")) + str(details.get("stderr", ""))
-                logs.append(output if output.endswith("\n") or not output else output + "\n")
-                exit_code = result.get("exit_code")
-                if status >= 400 or exit_code not in (0, None):
-                    reason = result.get("message") or f"exit code {exit_code}"
-                    error = f"step {index} `{command}` failed ({reason}):\n{output[-4000:]}"
+            await self.backend.create(
+                build_id, record.template(building=True), env_vars={}, internet_access=True
+            )
+            total = len(record.steps)
+            for index, step in enumerate(record.steps, start=1):
+                logs.append(f"Step {index}/{total}: RUN {step.command}\n")
+                await self._save_logs(record.id, logs)
+                error = await self._step(build_id, index, step, logs)
+                if error is not None:
                     logs.append(f"ERROR: {error}\n")
                     break
         except asyncio.CancelledError:
             error = "the build was cancelled (server shutting down)"
             raise
         except Exception as exc:
-            log.exception("template build %s failed", template_id)
+            log.exception("template build %s failed", record.id)
             error = f"the build sandbox failed: {exc}"
             logs.append(f"ERROR: {error}\n")
         finally:
             with contextlib.suppress(Exception):
-                await self.manager.delete(sandbox_id)
-            await self._finish(row, logs, error)
+                await self.backend.delete(build_id)
+            await self._finish(record, logs, error)
+
+    async def _step(
+        self, build_id: str, index: int, step: BuildStep, logs: list[str]
+    ) -> str | None:
+        """Run one step; its output goes to ``logs``; the error that failed it, if one did."""
+        answer = await self.backend.request(
+            build_id,
+            "POST",
+            "/commands/run",
+            json={
+                "command": step.command,
+                "workdir": step.workdir,
+                "timeout": STEP_TIMEOUT_SECONDS,
+            },
+            timeout=STEP_TIMEOUT_SECONDS + 30,
+        )
+        try:
+            result = json.loads(answer.body or b"{}")
+        except ValueError:
+            result = {"message": answer.body[:500].decode(errors="replace")}
+        output = str(result.get("stdout", "")) + str(result.get("stderr", ""))
+        details = result.get("details") or {}
+        if isinstance(details, dict):
+            output += str(details.get("stdout", "")) + str(details.get("stderr", ""))
+        logs.append(output if output.endswith("\n") or not output else output + "\n")
+        exit_code = result.get("exit_code")
+        if answer.status < 400 and exit_code in (0, None):
+            return None
+        reason = result.get("message") or f"exit code {exit_code}"
+        return f"step {index} `{step.command}` failed ({reason}):\n{output[-4000:]}"
 
     async def _save_logs(self, template_id: str, logs: list[str]) -> None:
         async with self.db.write() as conn:
-            await conn.execute(
-                update(templates_table)
-                .where(templates_table.c.id == template_id)
-                .values(logs="".join(logs)[-_LOG_LIMIT:])
-            )
+            await records.update_fields(conn, template_id, {"logs": "".join(logs)[-_LOG_LIMIT:]})
 
-    async def _finish(self, row: dict[str, Any], logs: list[str], error: str | None) -> None:
+    async def _finish(self, record: CustomTemplate, logs: list[str], error: str | None) -> None:
         if error is None:
             logs.append("Template is active.\n")
         async with self.db.write() as conn:
-            await conn.execute(
-                update(templates_table)
-                .where(templates_table.c.id == row["id"])
-                .values(
-                    status="failed" if error else "active",
-                    error_message=error,
-                    logs="".join(logs)[-_LOG_LIMIT:],
-                    completed_at=utcnow(),
-                )
+            await records.update_fields(
+                conn,
+                record.id,
+                {
+                    "status": "failed" if error else "active",
+                    "error_message": error,
+                    "logs": "".join(logs)[-_LOG_LIMIT:],
+                    "completed_at": utcnow(),
+                },
             )
-        if error is None:
-            self.manager.templates[row["id"]] = self._template(row)
-        else:  # nothing will use a failed layer; its log is kept in the record
-            await asyncio.to_thread(shutil.rmtree, self._layer(row["id"]), True)
-
-    async def build_status(self, env_id: str, ref: str) -> dict[str, Any]:
-        row = await self._row(env_id, ref)
-        if row is None:
-            raise TemplateNotFound(f"Build {ref!r} not found")
-        started, completed = row["started_at"], row["completed_at"]
-        duration = None
-        if started is not None and completed is not None:
-            duration = int((aware(completed) - aware(started)).total_seconds() * 1000)
-        steps = row["steps"]
-        done = row["logs"].count("Step ")
-        return {
-            "build_id": row["id"],
-            "template_id": row["id"],
-            "status": row["status"],
-            "progress": 100 if row["status"] != "building" else int(90 * done / max(1, len(steps))),
-            "current_step": steps[done - 1]["command"]
-            if row["status"] == "building" and done
-            else None,
-            "started_at": iso(started),
-            "completed_at": iso(completed),
-            "error_message": row["error_message"],
-            "build_duration_ms": duration,
-        }
-
-    async def build_logs(self, env_id: str, ref: str, offset: int) -> dict[str, Any]:
-        row = await self._row(env_id, ref)
-        if row is None:
-            raise TemplateNotFound(f"Build {ref!r} not found")
-        text: str = row["logs"]
-        offset = max(0, min(offset, len(text)))
-        return {
-            "logs": text[offset:],
-            "offset": len(text),
-            "status": row["status"],
-            "complete": row["status"] != "building",
-        }
+        if error is not None:  # nothing will use a failed layer; its log is kept in the record
+            await self.backend.remove_layer(record.id)
 
     async def delete(self, env_id: str, ref: str) -> None:
+        """Delete a custom template and its layer (409 for built-ins, builds and templates that
+        sandboxes still use)."""
         if (builtin := self._builtin(ref)) is not None:
             raise Conflict(f"Template {builtin.name!r} is built in and cannot be deleted")
-        row = await self._row(env_id, ref)
-        if row is None:
+        found = await self._find(env_id, ref)
+        if found is None:
             raise TemplateNotFound(f"Template {ref!r} not found")
-        if row["status"] == "building":
-            raise Conflict(f"Template {row['name']!r} is still building")
-        in_use = [h.id for h in self.manager.list() if h.template.id == row["id"]]
-        if in_use:
-            raise Conflict(
-                f"Template {row['name']!r} is used by sandboxes {', '.join(in_use[:5])}; "
-                "delete them first"
-            )
+        if found.status == "building":
+            raise Conflict(f"Template {found.name!r} is still building")
         async with self.db.write() as conn:
-            await conn.execute(templates_table.delete().where(templates_table.c.id == row["id"]))
-        self.manager.templates.pop(row["id"], None)
-        await asyncio.to_thread(shutil.rmtree, self.root / row["id"], True)
-
-    def _view(self, row: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "id": row["id"],
-            "name": row["name"],
-            "display_name": row["display_name"],
-            "language": row["language"],
-            "resources": row["resources"],
-            "description": f"Built from {row['base_template']}",
-            "base_template": row["base_template"],
-            "builtin": False,
-            "is_public": False,
-            "status": row["status"],
-            "is_active": row["status"] == "active",
-            "error_message": row["error_message"],
-            "created_at": iso(row["created_at"]),
-        }
-
-
-def _builtin_view(template: Template) -> dict[str, Any]:
-    data = template.to_dict()
-    data.update(status="active", is_active=True, is_public=True)
-    return data
+            in_use = await sandbox_records.using_template(conn, env_id, found.id)
+            if in_use:
+                raise Conflict(
+                    f"Template {found.name!r} is used by sandboxes {', '.join(in_use)}; "
+                    "delete them first"
+                )
+            await records.remove(conn, found.id)
+        await self.backend.remove_layer(found.id)

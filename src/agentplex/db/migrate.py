@@ -27,13 +27,14 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(_config()).get_current_head()
 
 
-async def upgrade(db: Database) -> None:
-    """Bring the schema to the newest revision (safe to call from several processes)."""
+async def upgrade(db: Database, revision: str = "head") -> None:
+    """Bring the schema to ``revision``, the newest by default (safe to call from several
+    processes)."""
 
     def _run(connection: Any) -> None:
         cfg = _config()
         cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, revision)
 
     async with db.engine.connect() as conn:
         if not db.is_sqlite:

@@ -1,4 +1,5 @@
-"""Table definitions. Only the db layer and the core services that take a session know SQL."""
+"""Table definitions. Queries live in ``db.records`` (sandboxes, templates) and, for the
+foundation's keys, environments and streams, in their core modules."""
 
 from __future__ import annotations
 
@@ -80,12 +81,24 @@ sandboxes = Table(
     Column("timeout_seconds", Integer, nullable=True),
     Column("resources", JSON, nullable=False),
     Column("env_vars", JSON, nullable=False),
-    Column("token_hash", String(64), nullable=True, unique=True),
-    Column("token_expires_at", DateTime(timezone=True), nullable=True),
     Column("expires_at", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_sandboxes_env_id_created_at", "env_id", "created_at"),
+)
+
+sandbox_tokens = Table(
+    "sandbox_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column(
+        "sandbox_id", String(64), ForeignKey("sandboxes.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("env_id", String(36), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_sandbox_tokens_sandbox_id", "sandbox_id"),
+    Index("ix_sandbox_tokens_expires_at", "expires_at"),
 )
 
 templates = Table(

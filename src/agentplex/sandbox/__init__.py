@@ -1,41 +1,26 @@
-"""The execution plane's lower layer: isolated sandboxes, their warm pool and agentd.
+"""The execution plane's lower layer: adapters of core's `SandboxBackend` port.
 
-Public API: `SandboxManager` (lifecycle), `SandboxHandle` (talk to one sandbox's data plane),
-`SandboxState`, `Template`/`Resources`/`builtin_templates`, `IsolationInfo`/`detect_isolation`
-and the exceptions in `agentplex.sandbox.errors`.
+`SandboxManager` runs real sandboxes (bubblewrap namespaces, cgroups, a warm pool, and agentd
+inside each); `MemoryBackend` keeps sandboxes as records for fast tests; `DisabledBackend`
+refuses everything. `SandboxHandle` is the manager's view of one sandbox (tests and benchmarks
+use it to reach agentd directly).
 """
 
 from __future__ import annotations
 
-from agentplex.sandbox.errors import (
-    InvalidTransition,
-    IsolationUnavailable,
-    SandboxError,
-    SandboxNotFound,
-    SandboxNotRunning,
-    SandboxStartFailed,
-    TemplateNotFound,
-)
 from agentplex.sandbox.handle import SandboxHandle
-from agentplex.sandbox.isolation import IsolationInfo, detect_isolation
+from agentplex.sandbox.isolation import detect_isolation
 from agentplex.sandbox.manager import SandboxManager
+from agentplex.sandbox.memory import DisabledBackend, MemoryBackend
 from agentplex.sandbox.state import SandboxState
-from agentplex.sandbox.templates import Resources, Template, builtin_templates
+from agentplex.sandbox.templates import builtin_templates
 
 __all__ = [
-    "InvalidTransition",
-    "IsolationInfo",
-    "IsolationUnavailable",
-    "Resources",
-    "SandboxError",
+    "DisabledBackend",
+    "MemoryBackend",
     "SandboxHandle",
     "SandboxManager",
-    "SandboxNotFound",
-    "SandboxNotRunning",
-    "SandboxStartFailed",
     "SandboxState",
-    "Template",
-    "TemplateNotFound",
     "builtin_templates",
     "detect_isolation",
 ]

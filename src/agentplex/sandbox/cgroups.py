@@ -17,7 +17,7 @@ import signal
 import time
 from pathlib import Path
 
-from agentplex.sandbox.templates import Resources
+from agentplex.core.ports import Resources
 
 CONTROLLERS = ("memory", "pids", "cpu", "freezer")
 OPTIONAL = ("cpuacct",)  # CPU time used, for the sandbox's /metrics/snapshot

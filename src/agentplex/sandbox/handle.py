@@ -8,7 +8,7 @@
 `request` forwards one HTTP request to the sandbox's agentd over its unix socket and returns the
 answer untouched (status, headers, raw body), so a proxy route can relay it as is. `websocket`
 opens a WebSocket to agentd over the same socket; relay frames both ways to proxy
-/execute/stream and /terminal. Both raise SandboxNotRunning unless the sandbox is running.
+/execute/stream and /terminal. Both raise SandboxStateConflict unless the sandbox is running.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 
 import httpx
 
-from agentplex.sandbox.errors import SandboxNotRunning
+from agentplex.core.ports import Template
+from agentplex.errors import SandboxStateConflict
 from agentplex.sandbox.state import SandboxState
-from agentplex.sandbox.templates import Template
 
 
 def agentd_client(socket_path: str) -> httpx.AsyncClient:
@@ -48,25 +48,9 @@ class SandboxHandle:
     _key: str = field(default="", repr=False)
     _client: httpx.AsyncClient | None = field(default=None, repr=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (the HTTP layer adds tokens, hosts and expiry)."""
-        res = self.template.resources
-        return {
-            "id": self.id,
-            "status": self.state.value,
-            "template_id": self.template.id,
-            "template_name": self.template.name,
-            "language": self.template.language,
-            "resources": {"vcpu": res.vcpu, "memory_mb": res.memory_mb, "disk_mb": res.disk_mb},
-            "internet_access": self.internet_access,
-            "isolation": self.isolation,
-            "created_at": self.created_at,
-            "reason": self.reason or None,
-        }
-
     def _running_socket(self) -> str:
         if self.state is not SandboxState.RUNNING or self.socket_path is None:
-            raise SandboxNotRunning(
+            raise SandboxStateConflict(
                 f"sandbox {self.id} is {self.state.value}; start or resume it first"
             )
         return str(self.socket_path)
@@ -105,7 +89,7 @@ class SandboxHandle:
                 timeout=timeout,
             )
         except httpx.TransportError as exc:
-            raise SandboxNotRunning(
+            raise SandboxStateConflict(
                 f"sandbox {self.id}'s agent is not answering ({exc.__class__.__name__});"
                 f" {self.reason or 'it may have been killed'}"
             ) from exc

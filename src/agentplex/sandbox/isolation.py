@@ -6,22 +6,8 @@ import functools
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
-from typing import Literal
 
-IsolationKind = Literal["bubblewrap", "none"]
-
-
-@dataclass(frozen=True)
-class IsolationInfo:
-    """Which isolation sandboxes get, and why."""
-
-    kind: IsolationKind
-    reason: str
-
-    @property
-    def isolated(self) -> bool:
-        return self.kind != "none"
+from agentplex.core.ports import IsolationInfo
 
 
 def _probe_args(bwrap: str) -> list[str]:

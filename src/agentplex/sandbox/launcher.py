@@ -17,12 +17,12 @@ from typing import Any
 
 import httpx
 
+from agentplex.core.ports import IsolationInfo, Template
+from agentplex.errors import SandboxUnavailable
 from agentplex.sandbox.bwrap import bwrap_command, exposed_trees
 from agentplex.sandbox.cgroups import CgroupRoot, SandboxCgroup
-from agentplex.sandbox.errors import SandboxStartFailed
 from agentplex.sandbox.handle import agentd_client
-from agentplex.sandbox.isolation import IsolationInfo
-from agentplex.sandbox.templates import Template
+from agentplex.sandbox.proctree import descendants
 from agentplex.sandbox.zygote_client import ZygoteClient
 
 SOCKET_NAME = "a.sock"
@@ -46,25 +46,6 @@ class Runtime:
         return self.runtime_dir / SOCKET_NAME
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
 async def _warm(rt: Runtime) -> None:
     """A throwaway request (and kernel cell) pays copy-on-write faults before anyone waits; the
     client, connected, stays with the runtime for the handle that adopts it."""
@@ -76,12 +57,12 @@ async def _warm(rt: Runtime) -> None:
         raise
     if resp.status_code != 200:
         await client.aclose()
-        raise SandboxStartFailed(f"warming the sandbox up failed: {resp.text[:200]}")
+        raise SandboxUnavailable(f"warming the sandbox up failed: {resp.text[:200]}")
     rt.client = client
 
 
 def _signal_tree(root: int, sig: int) -> None:
-    for pid in _descendants(root):
+    for pid in descendants(root):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
 
@@ -113,9 +94,7 @@ class Launcher:
         self._bwrap: dict[tuple[bool, str | None, bool], list[str]] = {}
         self._exposed = exposed_trees()
 
-    def _bwrap_args(self, internet: bool, template: Template | None = None) -> list[str]:
-        layer = template.layer if template is not None else None
-        writable = bool(template is not None and template.layer_writable)
+    def _bwrap_args(self, internet: bool, layer: str | None, writable: bool) -> list[str]:
         key = (internet, layer, writable)
         if key not in self._bwrap:
             bwrap = shutil.which("bwrap") or "bwrap"
@@ -149,9 +128,11 @@ class Launcher:
         internet: bool,
         env_vars: dict[str, str],
         sandbox_id: str,
+        layer: Path | None = None,
         warm: bool = False,
     ) -> Runtime:
         """Start agentd for the workspace in `sandbox_dir`; returns once it accepts requests.
+        `layer`: the host directory of a custom template's layer.
         `warm` (pooled sandboxes, which nobody waits for): returns once it has also served a
         throwaway request and kernel cell, so its first real one is as fast as later ones."""
         runtime = self.run_dir / key
@@ -163,7 +144,7 @@ class Launcher:
         isolated = self.isolation.isolated
         if isolated:
             (runtime / "ws").mkdir(exist_ok=True)  # where the zygote binds the workspace
-            if template.layer:
+            if layer is not None:
                 (runtime / "layer").mkdir(exist_ok=True)  # and a custom template's layer
         else:
             (runtime / "tmp").mkdir(exist_ok=True)
@@ -186,9 +167,11 @@ class Launcher:
             "template": template.id,
             "eager_kernel": self.eager_kernel and template.language == "python",
         }
+        layer_path = str(layer) if layer is not None else None
+        bwrap = self._bwrap_args(internet, layer_path, template.layer_writable)
         req = {
             "key": key,
-            "bwrap": self._bwrap_args(internet, template) if isolated else None,
+            "bwrap": bwrap if isolated else None,
             "expose": self._exposed if isolated else None,
             "cgroup_procs": cgroup.procs_files if cgroup else [],
             "cgroup_stats": cgroup.stat_files if cgroup else {},
@@ -196,7 +179,7 @@ class Launcher:
             "user_uid": self.user_uid,
             "log": str(runtime / "bwrap.log"),
             "workspace": str(workspace),
-            "layer": template.layer,
+            "layer": layer_path,
             "runtime": str(runtime),
             "fsize_bytes": template.resources.disk_mb * MB,
             "python": template.language == "python",  # forked from the full zygote

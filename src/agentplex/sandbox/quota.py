@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agentplex.errors import AgentplexError
 from agentplex.sandbox.agentd.usage import disk_usage
-from agentplex.sandbox.errors import SandboxError
 from agentplex.sandbox.handle import SandboxHandle
 from agentplex.sandbox.state import SandboxState
 
@@ -136,7 +136,7 @@ class QuotaWatch:
             " running processes were stopped, delete files to continue"
         )
         handle.reason = reason
-        with contextlib.suppress(SandboxError):
+        with contextlib.suppress(AgentplexError):
             await handle.request("POST", "/_reset", json={"reason": reason, "quota_limit": limit})
 
     async def stop(self) -> None:

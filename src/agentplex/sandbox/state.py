@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from agentplex.sandbox.errors import InvalidTransition
+from agentplex.errors import SandboxStateConflict
 
 
 class SandboxState(StrEnum):
@@ -32,7 +32,7 @@ def next_state(current: SandboxState, action: str) -> SandboxState:
     """The state `action` leads to from `current`; InvalidTransition if it is not allowed."""
     allowed, target = _TRANSITIONS[action]
     if current not in allowed:
-        raise InvalidTransition(
+        raise SandboxStateConflict(
             f"cannot {action} a sandbox that is {current.value}"
             f" (allowed from: {', '.join(sorted(s.value for s in allowed))})"
         )

@@ -1,53 +1,10 @@
-"""Built-in sandbox templates: a language, a display name and default resources."""
+"""The built-in templates this host can run, and how a custom template's layer is seen."""
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
-from agentplex.sandbox.errors import TemplateNotFound
-
-
-@dataclass(frozen=True)
-class Resources:
-    """Default resources of a sandbox: CPUs, memory and workspace disk."""
-
-    vcpu: float = 1.0
-    memory_mb: int = 512
-    disk_mb: int = 1024
-    max_pids: int = 256
-
-
-@dataclass(frozen=True)
-class Template:
-    """A sandbox template. Built-ins share the host's read-only root; they differ in language."""
-
-    id: str
-    name: str
-    display_name: str
-    language: str
-    resources: Resources = field(default_factory=Resources)
-    description: str = ""
-    builtin: bool = True
-    # A custom template's own layer: a host directory mounted at LAYER_MOUNT (read-only, or
-    # writable while the template is being built), and the environment that makes it visible.
-    layer: str | None = None
-    layer_writable: bool = False
-    env: tuple[tuple[str, str], ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready description (the Hopx template fields)."""
-        data = asdict(self)
-        for private in ("layer", "layer_writable", "env"):
-            data.pop(private, None)
-        data["resources"] = {
-            "vcpu": self.resources.vcpu,
-            "memory_mb": self.resources.memory_mb,
-            "disk_mb": self.resources.disk_mb,
-        }
-        return data
-
+from agentplex.core.ports import Resources, Template
 
 LAYER_MOUNT = "/run/template"
 
@@ -85,7 +42,7 @@ def _python_display() -> str:
     return f"Python {sys.version_info.major}.{sys.version_info.minor}"
 
 
-def builtin_templates() -> dict[str, Template]:
+def builtin_templates() -> list[Template]:
     """The built-in templates available on this host (node and go only when installed)."""
     found = [
         Template(
@@ -127,20 +84,4 @@ def builtin_templates() -> dict[str, Template]:
                 description="The Go toolchain; code runs with `go run`.",
             )
         )
-    return {t.id: t for t in found}
-
-
-DEFAULT_TEMPLATE = "python"
-
-
-def resolve_template(templates: dict[str, Template], ref: str | Template | None) -> Template:
-    """Find a template by id or name (None means the default); raise TemplateNotFound."""
-    if isinstance(ref, Template):
-        return ref
-    key = ref or DEFAULT_TEMPLATE
-    if key in templates:
-        return templates[key]
-    for template in templates.values():
-        if template.name == key:
-            return template
-    raise TemplateNotFound(f"template {key!r} not found; available: {', '.join(sorted(templates))}")
+    return found

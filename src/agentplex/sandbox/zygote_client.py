@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agentplex.sandbox.errors import SandboxError, SandboxStartFailed
+from agentplex.errors import SandboxUnavailable
 
 ExitCallback = Callable[[str, int, int], None]  # key, pid, exit status
 
@@ -71,7 +71,7 @@ class _Zygote:
             line = b""
         if json.loads(line or b"{}").get("event") != "up":
             await self.close()
-            raise SandboxError(f"the sandbox zygote failed to start; see {self.log_path}")
+            raise SandboxUnavailable(f"the sandbox zygote failed to start; see {self.log_path}")
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     async def _read_loop(self) -> None:
@@ -92,7 +92,7 @@ class _Zygote:
 
     async def request(self, op: str, req: dict[str, Any], timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
         if self._writer is None or self._task is None or self._task.done():
-            raise SandboxStartFailed("the sandbox zygote is not running")
+            raise SandboxUnavailable("the sandbox zygote is not running")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[req["key"]] = fut
         self._writer.write(json.dumps({**req, "op": op}).encode() + b"\n")
@@ -102,7 +102,7 @@ class _Zygote:
             self._waiting.pop(req["key"], None)
             raise
         if msg.get("event") == "failed":
-            raise SandboxStartFailed(f"the sandbox failed to start: {msg.get('error')}")
+            raise SandboxUnavailable(f"the sandbox failed to start: {msg.get('error')}")
         return msg
 
     async def close(self) -> None:
@@ -152,7 +152,7 @@ class ZygoteClient:
             enter = {**req, "pid1": launched["pid1"], "bwrap_pid": launched["bwrap_pid"]}
             return await full.request("enter", enter, deadline - time.monotonic())
         except TimeoutError:
-            raise SandboxStartFailed(f"the sandbox did not start within {timeout:g}s") from None
+            raise SandboxUnavailable(f"the sandbox did not start within {timeout:g}s") from None
 
     async def close(self) -> None:
         for zygote in (self._full, self._small):

@@ -13,11 +13,11 @@ from tests.conftest import SettingsFactory, open_client
 
 
 async def _create_key(client: httpx.AsyncClient) -> str:
-    runtime = client.app.app.state.runtime  # type: ignore[attr-defined]
-    async with runtime.db.write() as conn:
+    services = client.app.app.state.services  # type: ignore[attr-defined]
+    async with services.db.write() as conn:
         env = await environments.ensure_default(conn)
         _key, plaintext = await apikeys.create(conn, env.id, "test")
-    runtime.auth.forget()
+    services.auth.forget()
     return plaintext
 
 
@@ -31,7 +31,11 @@ UNAUTHORIZED = [
     ("/v1/projects", lambda b: b["error"]["code"] == "unauthorized" and b["error"]["request_id"]),
     ("/api/v1/logs", lambda b: b["error"]["code"] == "unauthorized" and "details" in b["error"]),
     ("/agents", lambda b: b["success"] is False and b["error"]["code"] == "UNAUTHORIZED"),
-    ("/v1/sandboxes", lambda b: b["code"] == "UNAUTHORIZED" and isinstance(b["error"], str)),
+    ("/v1/sandboxes", lambda b: b["code"] == b["error"]["code"] == "UNAUTHORIZED"),
+    (
+        "/sandboxes/sbx_x/health",
+        lambda b: b["code"] == "UNAUTHORIZED" and isinstance(b["error"], str),
+    ),
     ("/session", lambda b: b["name"] == "UnauthorizedError" and b["data"]["message"]),
     ("/metrics", lambda b: b["success"] is False and b["error"]["code"] == "unauthorized"),
 ]
@@ -95,7 +99,7 @@ async def test_revoked_key_stops_working(make_settings: SettingsFactory) -> None
         key = await _create_key(client)
         headers = {"X-API-Key": key}
         assert (await client.get("/api/v1/logs", headers=headers)).status_code == 200
-        runtime = client.app.app.state.runtime  # type: ignore[attr-defined]
-        async with runtime.db.write() as conn:
+        services = client.app.app.state.services  # type: ignore[attr-defined]
+        async with services.db.write() as conn:
             await apikeys.revoke(conn, key[:12])
         assert (await client.get("/api/v1/logs", headers=headers)).status_code == 401

@@ -6,14 +6,16 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from agentplex.api.common.health import _check_database
+from agentplex.bus.memory import MemoryBus
+from agentplex.core.health import HealthService
 from agentplex.db.engine import Database
+from agentplex.sandbox.memory import MemoryBackend
 
 
 async def test_health_satisfies_hotplex_and_par(client: httpx.AsyncClient) -> None:
     body = (await client.get("/health")).json()
     assert body["status"] == "healthy"
-    assert body["checks"] == {"database": "ok", "bus": "ok"}
+    assert body["checks"] == {"database": "ok", "bus": "ok", "sandboxes": "ok"}
     assert body["timestamp"].endswith("Z") and body["uptime"]
     assert body["success"] is True
     assert body["data"]["status"] == "healthy"
@@ -27,8 +29,8 @@ async def test_liveness_and_readiness(client: httpx.AsyncClient) -> None:
 
 
 async def test_readiness_fails_with_a_reason_when_not_migrated(client: httpx.AsyncClient) -> None:
-    runtime = client.app.app.state.runtime  # type: ignore[attr-defined]
-    async with runtime.db.write() as conn:
+    services = client.app.app.state.services  # type: ignore[attr-defined]
+    async with services.db.write() as conn:
         await conn.execute(text("UPDATE alembic_version SET version_num = 'old'"))
     ready = await client.get("/health/ready")
     assert ready.status_code == 503
@@ -40,12 +42,8 @@ async def test_readiness_fails_with_a_reason_when_not_migrated(client: httpx.Asy
 async def test_unreachable_database_is_a_reason() -> None:
     db = Database("postgresql+psycopg://nobody@127.0.0.1:1/none")
 
-    class _Runtime:
-        pass
-
-    runtime = _Runtime()
-    runtime.db = db  # type: ignore[attr-defined]
-    reason = await _check_database(runtime)  # type: ignore[arg-type]
+    health = HealthService(db, MemoryBus(), MemoryBackend())
+    reason = await health.database()
     await db.dispose()
     assert reason is not None and reason.startswith("database unreachable")
 

@@ -235,3 +235,70 @@ def test_data_plane_paths_cannot_reach_host_routes_or_break_the_proxy(
         )
         assert read.json()["content"] == "ok"
         assert client.get("/health").json()["status"] == "healthy"
+
+
+def test_every_issued_token_keeps_working_until_its_own_expiry(live_server: LiveServer) -> None:
+    # the JavaScript SDK refreshes the token on every Sandbox.connect and on a 401, and the
+    # objects that hold the earlier tokens go on using them
+    with httpx.Client(base_url=live_server.url, timeout=30) as http:
+        created = _create(http)
+        sid = created["id"]
+        tokens = [created["auth_token"]]
+        for _ in range(3):
+            refreshed = http.post(f"/v1/sandboxes/{sid}/token/refresh").json()
+            assert refreshed["token_expires_at"]
+            tokens.append(refreshed["auth_token"])
+        assert len(set(tokens)) == 4
+        for token in tokens:
+            health = httpx.get(
+                f"{created['public_host']}/health",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+            assert health.status_code == 200, health.text
+        http.delete(f"/v1/sandboxes/{sid}")
+
+
+def test_tokens_of_a_deleted_sandbox_open_nothing(make_settings: SettingsFactory) -> None:
+    settings = make_settings(sandbox={"pool_size": 1}, auth={"api_key": "admin-key"})
+    with (
+        LiveServer(settings) as server,
+        httpx.Client(base_url=server.url, timeout=30, headers={"X-API-Key": "admin-key"}) as http,
+    ):
+        created = _create(http)
+        bearer = {"Authorization": f"Bearer {created['auth_token']}"}
+        assert httpx.get(f"{created['public_host']}/health", headers=bearer).status_code == 200
+        http.delete(f"/v1/sandboxes/{created['id']}")
+        gone = httpx.get(f"{created['public_host']}/health", headers=bearer)
+        assert gone.status_code in (401, 404), gone.text
+
+
+def test_create_takes_the_template_name_as_typed_with_curl(live_server: LiveServer) -> None:
+    with httpx.Client(base_url=live_server.url, timeout=30) as http:
+        created = http.post("/v1/sandboxes", json={"template": "bash"}).json()
+        assert created["template_name"] == "bash", created
+        http.delete(f"/v1/sandboxes/{created['id']}")
+        templates = http.get("/v1/templates").json()["data"]
+        assert {"python", "bash"} <= {t["name"] for t in templates}
+        for template in templates:
+            for field in ("default_resources", "min_resources", "max_resources"):
+                assert set(template[field]) == {"vcpu", "memory_mb", "disk_gb"}, template
+                assert all(isinstance(v, int) for v in template[field].values()), template
+            low, default, high = (
+                template[f] for f in ("min_resources", "default_resources", "max_resources")
+            )
+            for key in ("vcpu", "memory_mb", "disk_gb"):
+                assert low[key] <= default[key] <= high[key], (template["name"], key)
+
+
+def test_control_plane_errors_carry_what_both_sdks_read(live_server: LiveServer) -> None:
+    with httpx.Client(base_url=live_server.url, timeout=30) as http:
+        missing = http.get("/v1/sandboxes/sbx_nothing", headers={"X-Request-ID": "req-1"})
+        body = missing.json()
+        assert missing.status_code == 404
+        # hopx-ai's _handle_error: response.json()["error"] with code, message, request_id
+        assert body["error"]["code"] == "SANDBOX_NOT_FOUND"
+        assert body["error"]["request_id"] == "req-1" and "sbx_nothing" in body["error"]["message"]
+        assert isinstance(body["error"]["details"], dict)
+        # @hopx-ai/sdk's handleError: data.code and data.message
+        assert body["code"] == "SANDBOX_NOT_FOUND" and body["message"] == body["error"]["message"]

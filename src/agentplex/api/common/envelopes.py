@@ -47,13 +47,11 @@ def _meta(request_id: str) -> dict[str, Any]:
     return {"request_id": request_id, "timestamp": iso(utcnow())}
 
 
-def surface_code(surface: Surface, code: str, overrides: dict[str, str] | None = None) -> str:
+def surface_code(surface: Surface, code: str) -> str:
     """A domain error code as ``surface`` spells it."""
-    if overrides and surface.value in overrides:
-        return overrides[surface.value]
     if surface is Surface.HOT:
         return _HOT_CODES.get(code, code)
-    if surface in (Surface.PAR, Surface.HOPX):
+    if surface in (Surface.PAR, Surface.HOPX, Surface.HOPX_DATA):
         return _UPPER_CODES.get(code, code.upper())
     return code
 
@@ -66,10 +64,9 @@ def error_body(
     request_id: str,
     details: Any = None,
     retry_after: int | None = None,
-    overrides: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The error envelope of ``surface``."""
-    spelled = surface_code(surface, code, overrides)
+    spelled = surface_code(surface, code)
     if surface is Surface.HOT:
         error: dict[str, Any] = {"code": spelled, "message": message, "request_id": request_id}
         if details is not None:
@@ -83,6 +80,12 @@ def error_body(
             error["retry_after"] = retry_after
         return {"error": error}
     if surface is Surface.HOPX:
+        # hopx-ai (Python) reads error.{code,message,request_id,details}; @hopx-ai/sdk reads
+        # code and message at the top level: both are there
+        error = {"code": spelled, "message": message, "request_id": request_id}
+        error["details"] = details if details is not None else {}
+        return {"error": error, "code": spelled, "message": message, "request_id": request_id}
+    if surface is Surface.HOPX_DATA:  # agentd's own shape, which both SDKs' agent clients read
         body: dict[str, Any] = {
             "error": message,
             "code": spelled,

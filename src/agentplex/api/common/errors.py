@@ -43,7 +43,6 @@ def error_response(
     details: Any = None,
     headers: dict[str, str] | None = None,
     retry_after: int | None = None,
-    overrides: dict[str, str] | None = None,
 ) -> Response:
     """A JSON error response in the envelope of the surface ``path`` belongs to."""
     body = error_body(
@@ -53,7 +52,6 @@ def error_response(
         request_id=request_id,
         details=details,
         retry_after=retry_after,
-        overrides=overrides,
     )
     return Response(
         json.dumps(body, default=str),
@@ -85,7 +83,6 @@ def domain_error_response(path: str, exc: AgentplexError, request_id: str) -> Re
         details=exc.details,
         headers=headers,
         retry_after=retry_after,
-        overrides=getattr(exc, "surface_codes", None),
     )
 
 

@@ -23,7 +23,7 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import Storage
 from limits.storage import storage_from_string
 
-from agentplex.api.common.surface import Surface, is_data_plane, surface_for
+from agentplex.api.common.surface import Surface, surface_for
 from agentplex.settings import RATE_LIMIT_GROUPS, RateLimitSettings
 
 _KEY_CACHE_LIMIT = 100_000
@@ -57,8 +57,10 @@ class Decision:
 def group_for(method: str, path: str) -> str:
     """The endpoint group a request counts against."""
     surface = surface_for(path)
+    if surface is Surface.HOPX_DATA:
+        return "hopx_data"
     if surface is Surface.HOPX:
-        return "hopx_data" if is_data_plane(path) else "hopx_control"
+        return "hopx_control"
     if surface is Surface.PRX:
         segments = set(path.split("/")[2:4])  # /api/v1/sessions or the alias /api/sessions
         if "sessions" in segments or "session" in segments:

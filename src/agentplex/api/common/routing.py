@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket
 
 from agentplex.core.auth import Principal
 from agentplex.errors import BadRequest
-from agentplex.runtime import Runtime
+from agentplex.services import Services
 
 
 class Call:
@@ -37,9 +37,9 @@ class Call:
         self.body = body
 
     @property
-    def runtime(self) -> Runtime:
-        runtime: Runtime = self.request.app.state.runtime
-        return runtime
+    def services(self) -> Services:
+        services: Services = self.request.app.state.services
+        return services
 
     @property
     def request_id(self) -> str:
@@ -74,6 +74,9 @@ class Endpoint:
     media_type: str = "application/json"
     public: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # a handler that takes the Starlette request itself (a proxy, a streamed body) instead of
+    # a validated `Call`; documented like any other
+    app: Callable[[Request], Awaitable[Response]] | None = None
 
 
 def dumps(data: Any) -> bytes:
@@ -156,6 +159,28 @@ class RouteTable:
 
         return register
 
+    def raw(
+        self,
+        method: str,
+        path: str,
+        app: Callable[[Request], Awaitable[Response]],
+        *,
+        summary: str,
+        **options: Any,
+    ) -> None:
+        """Register a handler that reads the request itself (``app(request) -> Response``)."""
+        self.endpoints.append(
+            Endpoint(
+                method,
+                path,
+                _undocumented,
+                summary,
+                options.pop("tags", self.tags),
+                app=app,
+                **options,
+            )
+        )
+
     def get(self, path: str, *, summary: str, **options: Any) -> Callable[[Handler], Handler]:
         return self.route("GET", path, summary=summary, **options)
 
@@ -193,11 +218,15 @@ class RouteTable:
             by_path.setdefault(endpoint.path, []).append(endpoint)
         routes: list[BaseRoute] = []
         for path, endpoints in by_path.items():
-            apps = {e.method: _endpoint_app(e) for e in endpoints}
+            apps = {e.method: e.app or _endpoint_app(e) for e in endpoints}
             routes.append(Route(prefix + path, _dispatch(apps), methods=list(apps)))
         for path, handler, _summary in self.websockets:
             routes.append(WebSocketRoute(prefix + path, handler))
         return routes
+
+
+async def _undocumented(_call: Call) -> dict[str, Any]:  # raw endpoints serve through `app`
+    raise NotImplementedError
 
 
 def _dispatch(

@@ -9,7 +9,8 @@ class Surface(StrEnum):
     OPENCODE = "opencode"
     HOT = "hot"
     PRX = "prx"
-    HOPX = "hopx"
+    HOPX = "hopx"  # the control plane: /v1/sandboxes, /v1/templates
+    HOPX_DATA = "hopx_data"  # each sandbox's data plane
     PAR = "par"
     SHARED = "shared"
 
@@ -26,13 +27,13 @@ _BY_FIRST_SEGMENT = {
     "config": Surface.OPENCODE,
     "ws": Surface.OPENCODE,
     # the Hopx data plane: /sandboxes/{id}/... and, for WebSockets, the root of the host
-    "sandboxes": Surface.HOPX,
-    "execute": Surface.HOPX,
-    "commands": Surface.HOPX,
-    "files": Surface.HOPX,
-    "env": Surface.HOPX,
-    "info": Surface.HOPX,
-    "terminal": Surface.HOPX,
+    "sandboxes": Surface.HOPX_DATA,
+    "execute": Surface.HOPX_DATA,
+    "commands": Surface.HOPX_DATA,
+    "files": Surface.HOPX_DATA,
+    "env": Surface.HOPX_DATA,
+    "info": Surface.HOPX_DATA,
+    "terminal": Surface.HOPX_DATA,
 }
 _HOPX_CONTROL = {"sandboxes", "templates"}
 
@@ -44,7 +45,7 @@ def surface_for(path: str) -> Surface:
     if first == "v1":
         return Surface.HOPX if len(parts) > 2 and parts[2] in _HOPX_CONTROL else Surface.HOT
     if first == "metrics" and len(parts) > 2 and parts[2] == "snapshot":
-        return Surface.HOPX
+        return Surface.HOPX_DATA
     return _BY_FIRST_SEGMENT.get(first, Surface.SHARED)
 
 

@@ -1,4 +1,5 @@
-"""The Hopx surface: sandbox lifecycle (/v1/sandboxes, /v1/templates) and the data plane."""
+"""The Hopx surface: sandbox lifecycle (/v1/sandboxes, /v1/templates) and each sandbox's data
+plane, in one route table."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from agentplex.api.hopx import dataplane, sandboxes, templates
 routes = RouteTable(tags=["hopx"])
 routes.include(sandboxes.routes)
 routes.include(templates.routes)
+routes.include(dataplane.routes)
 
-dataplane_routes = dataplane.routes
-
-__all__ = ["dataplane", "dataplane_routes", "routes"]
+__all__ = ["routes"]

@@ -1,48 +1,56 @@
-"""The Hopx data plane, proxied to the agent inside each sandbox.
+"""The Hopx data plane, relayed to the agent inside each sandbox.
 
-The hopx-ai SDK sends HTTP to ``public_host + path`` (``/sandboxes/{id}/execute``...) but opens
+The hopx-ai SDKs send HTTP to ``public_host + path`` (``/sandboxes/{id}/execute``...) but open
 WebSockets at the root of the host (``/execute/stream``, ``/terminal``, ``/files/watch``), so
 the root WebSocket routes find their sandbox from the bearer token.
+
+A client that goes away takes its request with it: the relay to the sandbox is cancelled,
+the sandbox's agent sees its connection close and interrupts the execution, and the next one
+starts at once. ``POST /execute/async`` is answered here: the execution runs in the
+background and its result is POSTed to the caller's ``callback_url``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import posixpath
+import time
+import uuid
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agentplex.api.common.gateway import credential_from
-from agentplex.api.common.routing import Call, Endpoint
+from agentplex.api.common.routing import RouteTable, read_json
 from agentplex.core.auth import Principal
-from agentplex.core.sandboxes import SandboxService, SandboxUnavailable, translated
+from agentplex.core.sandboxes import SandboxService
 from agentplex.errors import BadRequest, Forbidden, NotFound
+from agentplex.services import Services
+
+routes = RouteTable(tags=["hopx data plane"])
 
 _FORWARD_REQUEST = ("content-type", "accept")
 _FORWARD_RESPONSE = ("content-type", "content-disposition")
 _WEBSOCKETS = ("/execute/stream", "/terminal", "/files/watch")
+_CLIENT_GONE = 499  # nginx's "client closed request": for metrics, nobody reads it
+_ASYNC_TIMEOUT_SECONDS = 1800.0  # the SDKs' default for /execute/async
 
 
-def _service(scope_app: Any) -> SandboxService:
-    svc: SandboxService | None = scope_app.state.runtime.sandboxes
-    if svc is None:
-        raise SandboxUnavailable("Sandboxes are disabled on this server")
-    return svc
+def _services(scope_app: Any) -> Services:
+    services: Services = scope_app.state.services
+    return services
 
 
 async def _authorize(svc: SandboxService, principal: Principal, sandbox_id: str) -> None:
-    """A sandbox token opens its own sandbox; a key opens the sandboxes of its environment."""
-    if principal.sandbox_id is not None:
-        if principal.sandbox_id != sandbox_id:
-            raise Forbidden("This token belongs to another sandbox")
-        return
+    """A sandbox token opens its own sandbox; a key opens the sandboxes of its environment.
+    Either way the sandbox must still exist (a verified token may be trusted from a cache)."""
+    if principal.sandbox_id is not None and principal.sandbox_id != sandbox_id:
+        raise Forbidden("This token belongs to another sandbox")
     await svc.check_owner(principal.env_id, sandbox_id)  # NotFound outside its environment
 
 
@@ -56,45 +64,116 @@ def _upstream_path(request: Request) -> str:
     return "/" + rest
 
 
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (its body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def proxy_http(request: Request) -> Response:
-    svc = _service(request.app)
+    services = _services(request.app)
+    svc = services.sandboxes
     sandbox_id = request.path_params["sandbox_id"]
     await _authorize(svc, request.scope["state"]["principal"], sandbox_id)
+    path = posixpath.normpath("/" + request.path_params["path"])
     # agentd's host-only routes (/_configure, /_reset, ...); dot segments are resolved first,
     # as the client library on the way to agentd resolves them ("x/../_reset")
-    if posixpath.normpath("/" + request.path_params["path"]).startswith("/_"):
+    if path.startswith("/_"):
         raise NotFound(f"No route {request.method} {request.url.path}")
+    if request.method == "POST" and path == "/execute/async":
+        return await _execute_async(services, sandbox_id, request)
     headers = {k: v for k in _FORWARD_REQUEST if (v := request.headers.get(k))}
     body = await request.body()
-    with translated():
-        handle = svc.handle(sandbox_id)
+    relay = asyncio.ensure_future(
+        svc.request(
+            sandbox_id,
+            request.method,
+            _upstream_path(request),
+            params=request.query_params.multi_items(),
+            content=body or None,
+            headers=headers,
+        )
+    )
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait((relay, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not relay.done():  # closing the relay's connection tells agentd to stop the work
+        relay.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await relay
+        return Response(status_code=_CLIENT_GONE)
+    answer = relay.result()
+    out = {k: v for k in _FORWARD_RESPONSE if (v := answer.headers.get(k))}
+    return Response(answer.body, status_code=answer.status, headers=out)
+
+
+async def _execute_async(services: Services, sandbox_id: str, request: Request) -> Response:
+    """Start an execution whose result is POSTed to ``callback_url`` when it ends."""
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object")
+    url = await services.callbacks.check(str(body.get("callback_url") or ""))
+    if not isinstance(body.get("code"), str):
+        raise BadRequest("'code' (a string) is required")
+    headers = body.get("callback_headers") or {}
+    secret = body.get("callback_signature_secret")
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise BadRequest("'callback_headers' must be an object of strings")
+    if secret is not None and not isinstance(secret, str):
+        raise BadRequest("'callback_signature_secret' must be a string")
+    try:
+        timeout = float(body.get("timeout") or _ASYNC_TIMEOUT_SECONDS)
+    except (TypeError, ValueError):
+        raise BadRequest("'timeout' must be a number of seconds") from None
+    execution_id = "exec_" + uuid.uuid4().hex[:16]
+    execute = {k: body[k] for k in ("code", "language", "workdir", "env") if k in body}
+    execute["timeout"] = timeout
+
+    async def job() -> dict[str, Any]:
+        started = time.time()
         try:
-            status, upstream_headers, content = await handle.request(
-                request.method,
-                _upstream_path(request),
-                params=request.query_params.multi_items(),
-                content=body or None,
-                headers=headers,
+            answer = await services.sandboxes.request(
+                sandbox_id, "POST", "/execute", json=execute, timeout=timeout + 30
             )
-        except httpx.InvalidURL as exc:
-            raise BadRequest(f"Invalid path or query: {exc}") from None
-    out = {k: v for k in _FORWARD_RESPONSE if (v := upstream_headers.get(k))}
-    return Response(content, status_code=status, headers=out)
+            result = json.loads(answer.body or b"{}")
+        except Exception as exc:  # the sandbox went away: say so to the callback
+            result = {"error": str(exc), "exit_code": None}
+        status = "completed" if result.get("exit_code") == 0 else "failed"
+        if result.get("code") == "EXECUTION_TIMEOUT":
+            status = "timeout"
+        details = result.get("details") if isinstance(result.get("details"), dict) else {}
+        return {
+            "execution_id": execution_id,
+            "sandbox_id": sandbox_id,
+            "status": status,
+            "stdout": result.get("stdout", details.get("stdout", "")),
+            "stderr": result.get("stderr", details.get("stderr", "")),
+            "exit_code": result.get("exit_code", details.get("exit_code")),
+            "execution_time": result.get("execution_time", round(time.time() - started, 3)),
+            "error": result.get("error") if status != "completed" else None,
+            **{k: v for k, v in result.items() if k in ("png", "html", "json", "rich_outputs")},
+        }
+
+    services.callbacks.spawn(job(), url, headers=headers, secret=secret)
+    return JSONResponse(
+        {"execution_id": execution_id, "status": "queued", "callback_url": url}, status_code=202
+    )
 
 
 async def proxy_websocket(websocket: WebSocket) -> None:
-    svc = _service(websocket.app)
+    svc = _services(websocket.app).sandboxes
     principal: Principal = websocket.scope["state"]["principal"]
     sandbox_id = websocket.path_params.get("sandbox_id") or principal.sandbox_id
     if sandbox_id is None:  # auth is off, or a key was used: the token names the sandbox
-        record = await svc.by_token(credential_from(websocket.scope["headers"]))
-        sandbox_id = record.id if record else None
+        token = await svc.tokens.verify(credential_from(websocket.scope["headers"]))
+        sandbox_id = token.sandbox_id if token else None
     if sandbox_id is None:
         await websocket.close(code=1008, reason="send the sandbox's auth_token as a bearer token")
         return
     try:
         await _authorize(svc, principal, sandbox_id)
-        handle = svc.handle(sandbox_id)
     except Exception as exc:
         await websocket.close(code=1008, reason=str(exc)[:120])
         return
@@ -104,7 +183,7 @@ async def proxy_websocket(websocket: WebSocket) -> None:
     query = websocket.scope.get("query_string", b"").decode()
     await websocket.accept()
     try:
-        async with handle.websocket(path + (f"?{query}" if query else "")) as upstream:
+        async with svc.websocket(sandbox_id, path + (f"?{query}" if query else "")) as upstream:
             await _relay(websocket, upstream)
     except Exception as exc:
         with contextlib.suppress(Exception):
@@ -113,6 +192,9 @@ async def proxy_websocket(websocket: WebSocket) -> None:
 
 
 async def _relay(client: WebSocket, upstream: Any) -> None:
+    """Frames both ways until either side closes; leaving closes the sandbox's side, which
+    stops what the client had running."""
+
     async def downstream() -> None:
         async for message in upstream:
             if isinstance(message, bytes):
@@ -143,34 +225,18 @@ async def _relay(client: WebSocket, upstream: Any) -> None:
         await client.close()
 
 
-async def _never(_call: Call) -> dict[str, Any]:  # documentation only; proxy_http serves
-    raise NotImplementedError
-
-
-DOCUMENTED = [
-    Endpoint(
-        method,
+for _method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+    routes.raw(
+        _method,
         "/sandboxes/{sandbox_id}/{path:path}",
-        _never,
-        summary=f"Sandbox data plane ({method}): /execute, /commands/run, /files/*, /env, ... "
-        "proxied to the sandbox's agent; Bearer <auth_token> or an API key",
-        tags=["hopx data plane"],
+        proxy_http,
+        summary=f"Sandbox data plane ({_method}): /execute, /execute/async, /commands/run, "
+        "/files/*, /env, ... relayed to the sandbox's agent; Bearer <auth_token> or an API key",
     )
-    for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
-]
-
-
-def routes() -> list[BaseRoute]:
-    """The data-plane routes (HTTP under /sandboxes/{id}, WebSockets at both places)."""
-    out: list[BaseRoute] = []
-    for path in _WEBSOCKETS:
-        out.append(WebSocketRoute(path, proxy_websocket))
-        out.append(WebSocketRoute("/sandboxes/{sandbox_id}" + path, proxy_websocket))
-    out.append(
-        Route(
-            "/sandboxes/{sandbox_id}/{path:path}",
-            proxy_http,
-            methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-        )
+for _path in _WEBSOCKETS:
+    routes.websocket(_path, summary=f"{_path} of the sandbox the bearer token opens")(
+        proxy_websocket
     )
-    return out
+    routes.websocket("/sandboxes/{sandbox_id}" + _path, summary=f"{_path} of a sandbox")(
+        proxy_websocket
+    )

@@ -8,7 +8,6 @@ from pydantic import BaseModel, Field
 
 from agentplex.api.common.routing import Call, RouteTable
 from agentplex.api.hopx.views import sandbox_view, with_token
-from agentplex.core.sandboxes import SandboxService, SandboxUnavailable
 
 routes = RouteTable(tags=["hopx"])
 
@@ -16,6 +15,7 @@ routes = RouteTable(tags=["hopx"])
 class CreateSandbox(BaseModel):
     template_name: str | None = Field(None, description="Template by name (default python)")
     template_id: str | None = Field(None, description="Template by id")
+    template: str | None = Field(None, description="Template by name or id (as typed with curl)")
     timeout_seconds: int | None = Field(None, description="Stop the sandbox after this long")
     internet_access: bool = Field(False, description="Share the host's network")
     env_vars: dict[str, str] = Field(default_factory=dict, description="Environment variables")
@@ -31,30 +31,23 @@ class SetTimeout(BaseModel):
     timeout_seconds: int = Field(..., description="New lifetime, counted from now (0: none)")
 
 
-def service(call: Call) -> SandboxService:
-    svc: SandboxService | None = call.request.app.state.runtime.sandboxes
-    if svc is None:
-        raise SandboxUnavailable("Sandboxes are disabled on this server (sandbox.enabled=false)")
-    return svc
-
-
 @routes.post("/v1/sandboxes", summary="Create a sandbox from a template", body=CreateSandbox)
 async def create(call: Call) -> dict[str, Any]:
     body: CreateSandbox = call.body
-    record, token = await service(call).create(
+    record, token = await call.services.sandboxes.create(
         call.principal.env_id,
-        template=body.template_id or body.template_name,
+        template=body.template_id or body.template_name or body.template,
         timeout_seconds=body.timeout_seconds,
         internet_access=body.internet_access,
         env_vars=body.env_vars,
     )
-    return with_token(sandbox_view(record, call.request), token, record)
+    return with_token(sandbox_view(record, call.request), token)
 
 
 @routes.get("/v1/sandboxes", summary="List sandboxes (cursor pagination)", query=ListSandboxes)
 async def list_sandboxes(call: Call) -> dict[str, Any]:
     q: ListSandboxes = call.query
-    rows, next_cursor = await service(call).page(
+    rows, next_cursor = await call.services.sandboxes.page(
         call.principal.env_id, status=q.status, limit=q.limit, cursor=q.cursor
     )
     return {
@@ -66,21 +59,23 @@ async def list_sandboxes(call: Call) -> dict[str, Any]:
 
 @routes.get("/v1/sandboxes/{sandbox_id}", summary="Get a sandbox")
 async def get(call: Call) -> dict[str, Any]:
-    record = await service(call).get(call.principal.env_id, call.path_params["sandbox_id"])
+    record = await call.services.sandboxes.get(
+        call.principal.env_id, call.path_params["sandbox_id"]
+    )
     return sandbox_view(record, call.request)
 
 
 @routes.delete("/v1/sandboxes/{sandbox_id}", summary="Delete a sandbox and its files")
 async def delete(call: Call) -> dict[str, Any]:
     sandbox_id = call.path_params["sandbox_id"]
-    await service(call).delete(call.principal.env_id, sandbox_id)
+    await call.services.sandboxes.delete(call.principal.env_id, sandbox_id)
     return {"id": sandbox_id, "status": "deleted", "message": "Sandbox deleted"}
 
 
 def _action(name: str, summary: str) -> None:
     @routes.post(f"/v1/sandboxes/{{sandbox_id}}/{name}", summary=summary)
     async def act(call: Call) -> dict[str, Any]:
-        svc = service(call)
+        svc = call.services.sandboxes
         env_id, sandbox_id = call.principal.env_id, call.path_params["sandbox_id"]
         if name == "stop":
             record = await svc.stop(env_id, sandbox_id)
@@ -104,7 +99,7 @@ for _name, _summary in (
 
 @routes.put("/v1/sandboxes/{sandbox_id}/timeout", summary="Set the timeout", body=SetTimeout)
 async def set_timeout(call: Call) -> dict[str, Any]:
-    record = await service(call).set_timeout(
+    record = await call.services.sandboxes.set_timeout(
         call.principal.env_id, call.path_params["sandbox_id"], call.body.timeout_seconds
     )
     return sandbox_view(record, call.request)
@@ -112,7 +107,7 @@ async def set_timeout(call: Call) -> dict[str, Any]:
 
 @routes.post("/v1/sandboxes/{sandbox_id}/token/refresh", summary="Issue a new auth_token")
 async def refresh_token(call: Call) -> dict[str, Any]:
-    record, token = await service(call).refresh_token(
+    record, token = await call.services.sandboxes.refresh_token(
         call.principal.env_id, call.path_params["sandbox_id"]
     )
-    return with_token(sandbox_view(record, call.request), token, record)
+    return with_token(sandbox_view(record, call.request), token)

@@ -7,13 +7,21 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentplex.api.common.routing import Call, RouteTable
-from agentplex.core.sandboxes import SandboxUnavailable
-from agentplex.core.templates import TemplateService
+from agentplex.api.hopx.views import (
+    build_logs_view,
+    build_status_view,
+    builtin_view,
+    custom_view,
+    template_view,
+)
+from agentplex.core.ports import DEFAULT_TEMPLATE
+from agentplex.core.templates import BuildRequest, BuildStep
+from agentplex.errors import BadRequest
 
 routes = RouteTable(tags=["hopx"])
 
 
-class BuildStep(BaseModel):
+class StepBody(BaseModel):
     """One step as the hopx-ai template builder sends it (its other keys are ignored)."""
 
     model_config = ConfigDict(extra="ignore")
@@ -32,7 +40,7 @@ class BuildTemplate(BaseModel):
     base_template: str | None = Field(None, description="Same as from_template")
     template: str | None = Field(None, description="Same as from_template")
     from_image: str | None = Field(None, description="An image name picking the base by language")
-    steps: list[BuildStep] = Field(default_factory=list, description="RUN/ENV/WORKDIR steps")
+    steps: list[StepBody] = Field(default_factory=list, description="RUN/ENV/WORKDIR steps")
     setup_commands: list[str] = Field(default_factory=list, description="Shell commands to run")
     env: dict[str, str] = Field(default_factory=dict, description="Environment of the template")
     env_vars: dict[str, str] = Field(default_factory=dict, description="Same as env")
@@ -46,16 +54,63 @@ class LogsQuery(BaseModel):
     offset: int = Field(0, ge=0, description="Characters of the log already read")
 
 
-def service(call: Call) -> TemplateService:
-    svc: TemplateService | None = call.request.app.state.runtime.templates
-    if svc is None:
-        raise SandboxUnavailable("Sandboxes are disabled on this server (sandbox.enabled=false)")
-    return svc
+_IMAGE_LANGUAGES = (("python", "python"), ("node", "node"), ("golang", "go"), ("go:", "go"))
+
+
+def build_request(body: BuildTemplate) -> BuildRequest:
+    """The build a Hopx body asks for: ``{name, from_template | from_image, steps |
+    setup_commands}``; RUN runs, ENV sets, WORKDIR moves the later steps."""
+    name = (body.name or body.alias or "").strip()
+    if not name:
+        raise BadRequest("A template build needs a 'name'")
+    base = body.from_template or body.base_template or body.template
+    if not base and body.from_image:
+        image = body.from_image.lower()
+        base = next((lang for key, lang in _IMAGE_LANGUAGES if key in image), "bash")
+    steps: list[BuildStep] = []
+    env: dict[str, str] = {}
+    workdir = "/workspace"
+    for index, step in enumerate(body.steps):
+        kind = step.type.upper()
+        args = step.args
+        if kind == "RUN" and args:
+            steps.append(BuildStep(" ".join(args), workdir))
+        elif kind == "ENV" and args:
+            if len(args) == 1 and "=" in args[0]:
+                key, _, value = args[0].partition("=")
+            elif len(args) == 2:
+                key, value = args
+            else:
+                raise BadRequest(f"step {index}: ENV takes KEY VALUE or KEY=VALUE")
+            env[key] = value
+        elif kind == "WORKDIR" and args:
+            workdir = args[0]
+        else:
+            raise BadRequest(
+                f"step {index}: {kind or 'a step without a type'} is not supported; "
+                "use RUN, ENV or WORKDIR (files can be written by RUN commands)"
+            )
+    steps += [BuildStep(command, workdir) for command in body.setup_commands]
+    env.update(body.env or body.env_vars)
+    return BuildRequest(
+        name=name,
+        base=base or DEFAULT_TEMPLATE,
+        steps=steps,
+        env=env,
+        display_name=body.display_name,
+        vcpu=body.cpu,
+        memory_mb=body.memory,
+        disk_mb=body.diskGB * 1024 if body.diskGB else None,
+        replace=body.update,
+    )
 
 
 @routes.get("/v1/templates", summary="List templates (built-in and this environment's)")
 async def list_templates(call: Call) -> dict[str, Any]:
-    return {"data": await service(call).list_views(call.principal.env_id)}
+    templates = call.services.templates
+    builtins = [builtin_view(t) for t in templates.builtins()]
+    custom = [custom_view(t) for t in await templates.custom(call.principal.env_id)]
+    return {"data": builtins + custom}
 
 
 @routes.post(
@@ -65,31 +120,41 @@ async def list_templates(call: Call) -> dict[str, Any]:
     body=BuildTemplate,
 )
 async def build(call: Call) -> dict[str, Any]:
-    body = call.body.model_dump(exclude_none=True)
-    return await service(call).build(call.principal.env_id, body)
+    record = await call.services.templates.build(call.principal.env_id, build_request(call.body))
+    return {
+        "build_id": record.id,
+        "template_id": record.id,
+        "status": record.status,
+        "logs_url": f"/v1/templates/build/{record.id}/logs",
+    }
 
 
 @routes.get("/v1/templates/build/{build_id}/status", summary="Build status")
 async def build_status(call: Call) -> dict[str, Any]:
-    return await service(call).build_status(call.principal.env_id, call.path_params["build_id"])
+    record = await call.services.templates.build_record(
+        call.principal.env_id, call.path_params["build_id"]
+    )
+    return build_status_view(record)
 
 
 @routes.get(
     "/v1/templates/build/{build_id}/logs", summary="Build logs from an offset", query=LogsQuery
 )
 async def build_logs(call: Call) -> dict[str, Any]:
-    return await service(call).build_logs(
-        call.principal.env_id, call.path_params["build_id"], call.query.offset
+    record = await call.services.templates.build_record(
+        call.principal.env_id, call.path_params["build_id"]
     )
+    return build_logs_view(record, call.query.offset)
 
 
 @routes.get("/v1/templates/{template}", summary="Get a template by id or name")
 async def get_template(call: Call) -> dict[str, Any]:
-    return await service(call).view(call.principal.env_id, call.path_params["template"])
+    found = await call.services.templates.get(call.principal.env_id, call.path_params["template"])
+    return template_view(found)
 
 
 @routes.delete("/v1/templates/{template}", summary="Delete a custom template and its layer")
 async def delete_template(call: Call) -> dict[str, Any]:
     ref = call.path_params["template"]
-    await service(call).delete(call.principal.env_id, ref)
+    await call.services.templates.delete(call.principal.env_id, ref)
     return {"id": ref, "status": "deleted", "message": "Template deleted"}

@@ -23,7 +23,7 @@ class ParLogsQuery(BaseModel):
 async def logs(call: Call) -> dict[str, Any]:
     q: ParLogsQuery = call.query
     query = build_query(level=q.level, limit=q.limit, agent_id=q.agent_id)
-    entries = [{**e, "level": e["level"].upper()} for e in call.runtime.logs.query(query)]
+    entries = [{**e, "level": e["level"].upper()} for e in call.services.logs.query(query)]
     return par_ok(
         {"logs": entries, "total": len(entries), "level": q.level.upper()}, call.request_id
     )

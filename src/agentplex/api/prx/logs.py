@@ -12,7 +12,7 @@ from starlette.responses import Response
 from agentplex.api.common.routing import Call, RouteTable
 from agentplex.api.common.sse import Event, resume_cursor, sse_response
 from agentplex.core.logs import LogQuery, build_query, public_entry
-from agentplex.runtime import Runtime
+from agentplex.services import Services
 
 routes = RouteTable(tags=["prx"])
 
@@ -45,8 +45,8 @@ async def logs(call: Call) -> Any:
         default_since=None if q.stream else "1h",
     )
     if q.stream:
-        return _stream(call.runtime, call.request, query)
-    entries = call.runtime.logs.query(query)
+        return _stream(call.services, call.request, query)
+    entries = call.services.logs.query(query)
     return {"entries": entries, "total": len(entries)}
 
 
@@ -59,14 +59,14 @@ async def logs(call: Call) -> Any:
 async def logs_stream(call: Call) -> Response:
     q: StreamQuery = call.query
     query = build_query(level=q.level, module=q.module, session_id=q.session_id)
-    return _stream(call.runtime, call.request, query)
+    return _stream(call.services, call.request, query)
 
 
-def _stream(runtime: Runtime, request: Request, query: LogQuery) -> Response:
+def _stream(services: Services, request: Request, query: LogQuery) -> Response:
     after = resume_cursor(request)
 
     async def events() -> AsyncIterator[Event]:
-        async for item in runtime.logs.follow(query, after):
+        async for item in services.logs.follow(query, after):
             yield Event(public_entry(item), id=item.id, event="log")
 
-    return sse_response(events(), keepalive=runtime.settings.streams.keepalive_seconds)
+    return sse_response(events(), keepalive=services.settings.streams.keepalive_seconds)

@@ -27,6 +27,7 @@ from agentplex.sandbox.agentd.processes import (
     run_process,
 )
 from agentplex.sandbox.agentd.usage import CgroupUsage, disk_usage
+from agentplex.sandbox.proctree import descendants
 
 LANGUAGES = {
     "python": "python",
@@ -88,7 +89,7 @@ class Agent:
         self.resets += 1
         me = os.getpid()
         if self.cfg.isolation == "none":
-            victims = [p for p in _descendants(me) if p != me]
+            victims = [p for p in descendants(me) if p != me]
         else:  # in our pid namespace: 1 is bwrap's init, below us its payload; keep those
             victims = [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) > me]
         for pid in victims:
@@ -305,21 +306,3 @@ def _not_a_dir(path: str) -> str:
     if os.path.isdir(path):
         return ""
     return "is not a directory" if os.path.lexists(path) else "does not exist"
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out

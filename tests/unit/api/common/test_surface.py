@@ -15,9 +15,10 @@ from agentplex.api.common.surface import Surface, surface_for
         ("/v1/runs/abc", Surface.HOT),
         ("/v1/sandboxes", Surface.HOPX),
         ("/v1/templates/python", Surface.HOPX),
-        ("/execute/stream", Surface.HOPX),
-        ("/files/read", Surface.HOPX),
-        ("/metrics/snapshot", Surface.HOPX),
+        ("/sandboxes/sbx_1/execute", Surface.HOPX_DATA),
+        ("/execute/stream", Surface.HOPX_DATA),
+        ("/files/read", Surface.HOPX_DATA),
+        ("/metrics/snapshot", Surface.HOPX_DATA),
         ("/agents/a1/invoke", Surface.PAR),
         ("/agent/invoke", Surface.PAR),
         ("/platform/status", Surface.PAR),
@@ -53,14 +54,19 @@ def test_error_envelopes_follow_each_reference() -> None:
     assert par["success"] is False
     assert par["error"] == {"code": "INVALID_REQUEST", "message": "bad", "details": "x"}
     assert par["request_id"] == "r1" and par["timestamp"].endswith("Z")
-    hopx = error_body(
-        Surface.HOPX,
-        code="not_found",
-        message="no file",
-        request_id="r1",
-        overrides={"hopx": "FILE_NOT_FOUND"},
-    )
-    assert hopx["error"] == "no file" and hopx["code"] == "FILE_NOT_FOUND"
+    # the control plane: hopx-ai reads error.{code,message,request_id,details}, @hopx-ai/sdk
+    # reads code and message at the top level
+    control = error_body(Surface.HOPX, code="sandbox_not_found", message="gone", request_id="r1")
+    assert control["error"] == {
+        "code": "SANDBOX_NOT_FOUND",
+        "message": "gone",
+        "request_id": "r1",
+        "details": {},
+    }
+    assert (control["code"], control["message"]) == ("SANDBOX_NOT_FOUND", "gone")
+    # the data plane: agentd's shape, a string error
+    data = error_body(Surface.HOPX_DATA, code="bad_request", message="bad", request_id="r1")
+    assert data["error"] == "bad" and data["code"] == "INVALID_REQUEST"
     opencode = error_body(Surface.OPENCODE, code="not_found", message="no session", request_id="r")
     assert opencode == {
         "name": "NotFoundError",
