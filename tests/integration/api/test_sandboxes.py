@@ -302,3 +302,23 @@ def test_control_plane_errors_carry_what_both_sdks_read(live_server: LiveServer)
         assert isinstance(body["error"]["details"], dict)
         # @hopx-ai/sdk's handleError: data.code and data.message
         assert body["code"] == "SANDBOX_NOT_FOUND" and body["message"] == body["error"]["message"]
+
+
+def test_a_client_that_leaves_stops_its_execution_through_the_server(
+    live_server: LiveServer,
+) -> None:
+    # an SDK whose HTTP timeout fires closes its connection: the relay to the sandbox is
+    # cancelled, agentd interrupts the cell, and the next execution is answered at once
+    with httpx.Client(base_url=live_server.url, timeout=30) as http:
+        sandbox = http.post("/v1/sandboxes", json={"template_name": "python"}).json()
+        execute = f"{sandbox['public_host']}/execute"
+        http.post(execute, json={"code": "state = 41"})
+        with pytest.raises(httpx.ReadTimeout):
+            http.post(
+                execute, json={"code": "import time; time.sleep(60)"}, timeout=httpx.Timeout(1.0)
+            )
+        started = time.monotonic()
+        answer = http.post(execute, json={"code": "print(state + 1)"}).json()
+        assert answer["stdout"] == "42\n", answer  # interrupted, not killed: state survives
+        assert time.monotonic() - started < 5
+        http.delete(f"/v1/sandboxes/{sandbox['id']}")
