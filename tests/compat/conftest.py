@@ -9,10 +9,13 @@ import pytest
 from agentplex.settings import Settings
 from tests.conftest import LiveServer, SettingsFactory
 
+# the SDKs run against a server that requires a key, as every real deployment does
+API_KEY = "compat-sdk-key"
+
 
 @pytest.fixture
 def sandbox_settings(make_settings: SettingsFactory) -> Settings:
-    return make_settings(sandbox={"pool_size": 1, "warm_on_start": True})
+    return make_settings(sandbox={"pool_size": 1, "warm_on_start": True}, auth={"api_key": API_KEY})
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ import pytest
 from hopx_ai import Sandbox
 from hopx_ai.errors import HopxError
 
+from tests.compat.conftest import API_KEY as KEY
 from tests.conftest import LiveServer
-
-KEY = "compat-key-not-used-while-auth-is-off"
 
 
 def _create(server: LiveServer, **kwargs: object) -> Sandbox:
@@ -91,7 +90,10 @@ def test_pause_resume_timeout_and_background(sandbox_server: LiveServer) -> None
         process_id = started.get("process_id") if isinstance(started, dict) else started
         assert process_id
         assert any(p.get("process_id") == process_id for p in sandbox.list_processes())
-        sandbox.kill_process(process_id)
+        killed = sandbox.kill_process(process_id)
+        assert killed.get("success") is True, killed
+        statuses = {p.get("process_id"): p.get("status") for p in sandbox.list_processes()}
+        assert statuses[process_id] == "killed", statuses
 
         slow = time.monotonic()
         with pytest.raises(HopxError):
@@ -134,6 +136,9 @@ def test_websocket_execute_stream_and_terminal(sandbox_server: LiveServer) -> No
 
 
 def test_listing_and_templates(sandbox_server: LiveServer) -> None:
+    with pytest.raises(HopxError) as refused:  # the key is required, and checked
+        Sandbox.list(api_key="not-the-key", base_url=sandbox_server.url)
+    assert getattr(refused.value, "status_code", None) == 401
     sandbox = _create(sandbox_server)
     try:
         listed = Sandbox.list(api_key=KEY, base_url=sandbox_server.url)

@@ -91,8 +91,11 @@ def test_keys_are_enforced_in_every_surface_envelope(
             assert response.status_code == 200, response.text
             assert "entries" in response.json()
             assert response.headers["X-Request-ID"] == "trace.42"
-            # Past auth, the other surfaces answer for themselves (no route yet is a 404).
-            assert client.get("/v1/projects", headers=headers).status_code != 401
+            # Past auth, the other surfaces answer for themselves: a route serves, an unknown
+            # one is a 404 in its surface's envelope (never a 401, never a 500)
+            assert client.get("/v1/sandboxes", headers=headers).status_code == 200
+            missing = client.get("/v1/no-such-thing", headers=headers)
+            assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
         for path in PUBLIC:
             response = client.get(path)

@@ -64,9 +64,10 @@ async def test_bash_node_and_commands(manager: SandboxManager) -> None:
         3,
         False,
     )
-    if shutil.which("node"):
-        out = await run(h, "console.log(6 * 7)", "javascript")
-        assert out["stdout"] == "42\n"
+    # the test set-up installs node (the JS SDK needs it too): its absence is a failure here
+    assert shutil.which("node"), "node is not installed: the javascript runtime is untested"
+    out = await run(h, "console.log(6 * 7)", "javascript")
+    assert out["stdout"] == "42\n"
     status, body = await call(
         h,
         "POST",
@@ -360,6 +361,19 @@ async def test_stop_and_delete_leave_no_process_behind(manager: SandboxManager) 
         assert not any(d.exists() for d in dirs), action
         if action == "stop":
             await _start(manager, h)
+
+
+async def test_the_go_template_runs_go(manager: SandboxManager) -> None:
+    # scripts/install --test installs Go; without it the go template is not offered at all
+    assert shutil.which("go"), "go is not installed: run scripts/install --test"
+    h = await create(manager, "go")
+    assert h.template.language == "go" and h.template.resources.memory_mb >= 2048
+    code = 'package main\n\nimport "fmt"\n\nfunc main() { fmt.Println(6 * 7) }\n'
+    out = await run(h, code, "go", timeout=120)
+    assert (out["stdout"], out["exit_code"]) == ("42\n", 0), out
+    out = await run(h, "go version", "bash")
+    assert out["stdout"].startswith("go version go1."), out
+    await manager.delete(h.id)
 
 
 async def test_records_survive_manager_restart(manager: SandboxManager) -> None:

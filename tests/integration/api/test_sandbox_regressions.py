@@ -1,0 +1,161 @@
+"""Breaks that an earlier suite let through, each now a test (issue 7, section 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from agentplex.core import apikeys, environments
+from agentplex.core.clock import new_id, utcnow
+from agentplex.core.sandbox_tokens import SandboxTokens
+from agentplex.db import tables
+from agentplex.db.engine import Database
+from agentplex.sandbox import SandboxManager
+from agentplex.services import Services
+from agentplex.settings import Settings
+from tests.conftest import LiveServer, SettingsFactory
+
+ADMIN = "admin-key"
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory) -> Settings:
+    return make_settings(sandbox={"pool_size": 1, "sweep_seconds": 0.2}, auth={"api_key": ADMIN})
+
+
+def _services(server: LiveServer) -> Services:
+    services: Services = server.server.config.app.app.state.services  # the gateway's app
+    return services
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _client(server: LiveServer, key: str = ADMIN) -> httpx.Client:
+    return httpx.Client(base_url=server.url, timeout=30, headers={"X-API-Key": key})
+
+
+def _wait_status(http: httpx.Client, sid: str, status: str, within: float = 15) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while (record := http.get(f"/v1/sandboxes/{sid}").json())["status"] != status:
+        assert time.monotonic() < deadline, f"still {record['status']} after {within} s"
+        time.sleep(0.1)
+    return record
+
+
+def test_a_timed_out_sandbox_has_no_process_left(settings: Settings) -> None:
+    with LiveServer(settings) as server, _client(server) as http:
+        created = http.post("/v1/sandboxes", json={"template": "bash", "timeout_seconds": 2})
+        sid = created.json()["id"]
+        started = http.post(
+            f"/sandboxes/{sid}/commands/background", json={"command": "sleep 300"}
+        ).json()
+        assert started["process_id"]
+        backend = _services(server).sandbox_backend
+        assert isinstance(backend, SandboxManager)
+        runtime = backend._runtimes[sid]
+        pids = [runtime.bwrap_pid, runtime.agentd_pid]
+        if runtime.cgroup is not None:
+            pids += runtime.cgroup.pids()
+        assert len(pids) >= 3 and all(_alive(p) for p in pids), pids
+        record = _wait_status(http, sid, "stopped")
+        assert record["status_reason"] == "timeout expired"
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in pids):
+            assert time.monotonic() < deadline, [p for p in pids if _alive(p)]
+            time.sleep(0.1)
+
+
+def test_a_restarted_sandbox_keeps_its_timeout(settings: Settings) -> None:
+    with LiveServer(settings) as server, _client(server) as http:
+        sid = http.post("/v1/sandboxes", json={"template": "bash", "timeout_seconds": 2}).json()[
+            "id"
+        ]
+        http.post(f"/v1/sandboxes/{sid}/stop")
+        started = http.post(f"/v1/sandboxes/{sid}/start").json()
+        assert started["timeout_seconds"] == 2 and started["expires_at"]
+        assert _wait_status(http, sid, "stopped")["status_reason"] == "timeout expired"
+    # and after the server itself restarts
+    with LiveServer(settings) as server, _client(server) as http:
+        started = http.post(f"/v1/sandboxes/{sid}/start").json()
+        assert started["status"] == "running" and started["expires_at"], started
+        assert _wait_status(http, sid, "stopped")["status_reason"] == "timeout expired"
+        http.delete(f"/v1/sandboxes/{sid}")
+
+
+async def _other_environment_key(settings: Settings) -> str:
+    db = Database(settings.database_url)
+    try:
+        async with db.write() as conn:
+            env = environments.Environment(new_id(), new_id(), "other", True, 5, 100, utcnow())
+            await conn.execute(tables.environments.insert().values(**environments._row(env)))
+            _key, plaintext = await apikeys.create(conn, env.id, "other")
+    finally:
+        await db.dispose()
+    return plaintext
+
+
+def test_listings_and_custom_templates_belong_to_their_environment(settings: Settings) -> None:
+    with LiveServer(settings) as server, _client(server) as http:
+        mine = http.post("/v1/sandboxes", json={"template": "bash"}).json()
+        build = http.post(
+            "/v1/templates/build", json={"name": "private-tpl", "from_template": "bash"}
+        )
+        assert build.status_code == 200, build.text
+        deadline = time.monotonic() + 60
+        while http.get(f"/v1/templates/{build.json()['build_id']}").json()["status"] == "building":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        other_key = asyncio.run(_other_environment_key(settings))
+        with _client(server, other_key) as other:
+            assert other.get("/v1/sandboxes").json()["data"] == []
+            assert other.get("/v1/sandboxes", params={"status": "running"}).json()["data"] == []
+            names = {t["name"] for t in other.get("/v1/templates").json()["data"]}
+            assert "private-tpl" not in names and "bash" in names
+            for ref in ("private-tpl", build.json()["build_id"]):
+                assert other.get(f"/v1/templates/{ref}").status_code == 404
+                refused = other.post("/v1/sandboxes", json={"template": ref})
+                assert refused.status_code == 404, refused.text
+                assert refused.json()["code"] == "TEMPLATE_NOT_FOUND"
+            assert other.delete("/v1/templates/private-tpl").status_code == 404
+        assert {s["id"] for s in http.get("/v1/sandboxes").json()["data"]} == {mine["id"]}
+        made = http.post("/v1/sandboxes", json={"template": "private-tpl"})
+        assert made.status_code == 200, made.text
+        for sid in (mine["id"], made.json()["id"]):
+            http.delete(f"/v1/sandboxes/{sid}")
+
+
+def test_an_expired_data_plane_token_opens_nothing(settings: Settings) -> None:
+    with LiveServer(settings) as server, _client(server) as http:
+        sandbox = http.post("/v1/sandboxes", json={"template": "bash"}).json()
+
+        async def expired_token() -> str:
+            db = Database(settings.database_url)
+            try:
+                issued = await SandboxTokens(db, ttl_seconds=0).issue(
+                    _services(server).default_env_id, sandbox["id"]
+                )
+            finally:
+                await db.dispose()
+            return issued.token
+
+        token = asyncio.run(expired_token())
+        for _ in range(2):  # and not trusted from a cache on a second try either
+            refused = httpx.get(
+                f"{sandbox['public_host']}/health",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+            assert refused.status_code == 401, refused.text
+        fresh = {"Authorization": f"Bearer {sandbox['auth_token']}"}
+        assert httpx.get(f"{sandbox['public_host']}/health", headers=fresh).status_code == 200
+        http.delete(f"/v1/sandboxes/{sandbox['id']}")
