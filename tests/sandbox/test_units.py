@@ -162,8 +162,10 @@ async def test_a_closed_manager_leaves_no_cgroups(tmp_path: Path) -> None:
     handle = await create(manager, "bash")
     await manager.stop(handle.id)
     await manager.start(handle.id, handle.template, env_vars={}, internet_access=False)
+    assert manager.run_dir.is_dir()
     await manager.close()
     assert bases and not any(base.exists() for base in bases)
+    assert not manager.run_dir.exists()  # a clean stop leaves no /tmp/agentplex-* behind
 
 
 async def test_missing_cgroups_are_reported_loudly(
