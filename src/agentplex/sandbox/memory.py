@@ -27,7 +27,7 @@ from agentplex.core.ports import (
     SandboxBackend,
     Template,
 )
-from agentplex.errors import SandboxNotFound, SandboxUnavailable
+from agentplex.errors import SandboxNotFound, SandboxStateConflict, SandboxUnavailable
 from agentplex.sandbox.state import SandboxState, next_state
 
 _JSON = {"content-type": "application/json"}
@@ -187,8 +187,6 @@ class MemoryBackend(SandboxBackend):
     ) -> DataPlaneResponse:
         sandbox = self._get(sandbox_id)
         if sandbox.state is not SandboxState.RUNNING:
-            from agentplex.errors import SandboxStateConflict
-
             raise SandboxStateConflict(f"Sandbox {sandbox_id} is {sandbox.state.value}")
         url = urlsplit(path)
         query = dict(parse_qsl(url.query))
