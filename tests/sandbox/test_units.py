@@ -150,6 +150,36 @@ def test_python_trees_under_tmp_stay_walkable_for_the_code(
     assert "--ro-bind /tmp/ci/main/src /tmp/ci/main/src" in text
 
 
+def test_the_root_binds_only_the_system_and_runtime_trees(tmp_path: Path) -> None:
+    import sys
+
+    import agentplex
+    from agentplex.sandbox import bwrap
+
+    args = bwrap.bwrap_command("bwrap", hidden=[], internet=False, etc_dir=str(tmp_path))
+    sources = [args[i + 1] for i, a in enumerate(args) if a in ("--ro-bind", "--bind")]
+    checkout = Path(agentplex.__file__).resolve().parents[2]
+    for host in ("/home", "/root", "/opt", "/var", "/srv", "/mnt", "/etc", str(checkout)):
+        assert host not in sources, host
+    assert "/usr" in sources and str(tmp_path) in sources  # the generated /etc
+    assert str(Path(agentplex.__file__).resolve().parent) in sources  # the package, not src/
+    assert any(Path(sys.prefix).resolve() == Path(s) for s in sources)
+
+
+def test_the_generated_etc_is_minimal_and_names_the_sandbox_users(tmp_path: Path) -> None:
+    from agentplex.sandbox.bwrap import write_etc
+
+    closed = write_etc(tmp_path / "etc", internet=False)
+    names = {p.name for p in closed.iterdir()}
+    assert {"passwd", "group", "hosts", "hostname", "nsswitch.conf", "ld.so.cache"} <= names
+    assert not names & {"shadow", "resolv.conf", "ssl", "pip.conf", "ssh", "sudoers"}
+    assert "user:x:1000:1000:" in (closed / "passwd").read_text()
+    assert (closed / "hostname").read_text() == "sandbox\n"
+    assert all(p.stat().st_mode & 0o004 for p in closed.rglob("*") if not p.is_symlink())
+    net = write_etc(tmp_path / "etc-net", internet=True)
+    assert (net / "resolv.conf").is_file() and (net / "ssl" / "certs").is_dir()
+
+
 async def test_a_closed_manager_leaves_no_cgroups(tmp_path: Path) -> None:
     from agentplex.sandbox import SandboxManager
 

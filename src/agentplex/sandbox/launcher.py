@@ -19,7 +19,8 @@ import httpx
 
 from agentplex.core.ports import IsolationInfo, Template
 from agentplex.errors import SandboxUnavailable
-from agentplex.sandbox.bwrap import bwrap_command, exposed_trees
+from agentplex.sandbox import seccomp
+from agentplex.sandbox.bwrap import bwrap_command, exposed_trees, write_etc
 from agentplex.sandbox.cgroups import CgroupRoot, SandboxCgroup
 from agentplex.sandbox.handle import agentd_client
 from agentplex.sandbox.proctree import descendants
@@ -93,13 +94,24 @@ class Launcher:
         self.uid = sandbox_uid + 1 if root and sandbox_uid is not None else None
         self._bwrap: dict[tuple[bool, str | None, bool], list[str]] = {}
         self._exposed = exposed_trees()
+        # one generated /etc per network setting (resolver and CA certificates only with it)
+        self._etc = {
+            net: str(write_etc(run_dir / ("etc-net" if net else "etc"), internet=net))
+            for net in (False, True)
+        }
+        self.seccomp = str(seccomp.write_filter(run_dir / "seccomp.bpf"))
 
     def _bwrap_args(self, internet: bool, layer: str | None, writable: bool) -> list[str]:
         key = (internet, layer, writable)
         if key not in self._bwrap:
             bwrap = shutil.which("bwrap") or "bwrap"
             self._bwrap[key] = bwrap_command(
-                bwrap, hidden=self.hidden, internet=internet, layer=layer, layer_writable=writable
+                bwrap,
+                hidden=self.hidden,
+                internet=internet,
+                etc_dir=self._etc[internet],
+                layer=layer,
+                layer_writable=writable,
             )
         return self._bwrap[key]
 
@@ -173,6 +185,7 @@ class Launcher:
             "key": key,
             "bwrap": bwrap if isolated else None,
             "expose": self._exposed if isolated else None,
+            "seccomp": self.seccomp,
             "cgroup_procs": cgroup.procs_files if cgroup else [],
             "cgroup_stats": cgroup.stat_files if cgroup else {},
             "uid": self.uid,
@@ -183,6 +196,8 @@ class Launcher:
             "runtime": str(runtime),
             "fsize_bytes": template.resources.disk_mb * MB,
             "python": template.language == "python",  # forked from the full zygote
+            # the zygote attaches slirp4netns and the packet filter (sandbox/network.py)
+            "internet": internet and isolated,
             "environ": self.environ(),
             "agentd": agentd,
         }

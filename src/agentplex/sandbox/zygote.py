@@ -5,7 +5,7 @@ one (agentd, uvicorn, IPython and the scientific stack imported once) and a ligh
 and uvicorn only; AGENTPLEX_ZYGOTE_LIGHT=1). Each serves JSON-line requests on CTL_FD:
 
   -> {"op": "spawn" | "launch", "key", "bwrap": [argv] | null, "cgroup_procs": [...],
-      "cgroup_stats": {...}, "uid", "user_uid", "log", "workspace", "runtime",
+      "cgroup_stats": {...}, "uid", "user_uid", "log", "workspace", "runtime", "seccomp",
       "agentd": {AgentConfig fields}}
   -> {"op": "enter", ...the same..., "pid1", "bwrap_pid"}
   <- {"event": "launched", "key", "bwrap_pid", "pid1"}                    (after "launch")
@@ -22,8 +22,11 @@ neither signal nor ptrace nor prlimit agentd. Enter: we point our pid_for_childr
 sandbox's pid namespace, fork C straight into it and point it back; C joins the cgroups and the
 other namespaces (setns), takes agentd's identity (see `_become_agentd`), drops every capability
 and serves. C shares the zygote's imported pages copy-on-write, which is what makes a sandbox
-cheap in memory and start time. A zygote dies with its parent (PDEATHSIG), and bwrap dies with
-its zygote (--die-with-parent), so nothing outlives the server.
+cheap in memory and start time. A zygote ends with its parent (its control socket closes, and
+PDEATHSIG sends SIGTERM), and bwrap dies with its zygote (--die-with-parent), so nothing
+outlives the server; the light zygote, told by a "janitor" request (`{"op": "janitor",
+"run_dir", "cgroups": [dirs]}`), first kills what is left in the sandboxes' cgroups and
+removes them and the runtime directory, even when the server died of SIGKILL.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from agentplex.sandbox import nsutil
+from agentplex.sandbox import network, nsutil, seccomp
 from agentplex.sandbox.bwrap import READY_FD, RUNTIME_DIR, SANDBOX_UID
 
 AGENTD_OOM_SCORE_ADJ = "-500"
@@ -110,8 +113,12 @@ class Zygote:
         self.spawns: dict[int, _Spawn] = {}
         self.watch: dict[int, str] = {}
         self.inbuf = b""
+        self.ppid = os.getppid()
+        self.janitor: dict[str, Any] | None = None  # what to remove if the server dies
+        signal.signal(signal.SIGTERM, lambda *_: None)  # PDEATHSIG: seen via the wakeup fd
         self.pid = os.getpid()
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self.slirps: dict[int, network.Slirp] = {}  # by bwrap pid: internet sandboxes' network
 
     # -- plumbing ------------------------------------------------------------------------------
     def send(self, msg: dict[str, Any]) -> None:
@@ -121,9 +128,13 @@ class Zygote:
         """Drop the zygote's own descriptors and signal set-up in a freshly forked child."""
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         with contextlib.suppress(Exception):
             self.sel.close()
-        for fd in [self.ctl, self.wake_r, self.wake_w, self.own_pidns, *self.spawns]:
+        # slirps' exit pipes too: one held open by another sandbox's agentd would keep that
+        # slirp4netns alive after its own sandbox ended
+        exits = [s.exit_fd for s in self.slirps.values()]
+        for fd in [self.ctl, self.wake_r, self.wake_w, self.own_pidns, *self.spawns, *exits]:
             if fd not in keep:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -140,6 +151,8 @@ class Zygote:
                     with contextlib.suppress(BlockingIOError):
                         while os.read(self.wake_r, 512):
                             pass
+                    if os.getppid() != self.ppid:  # PDEATHSIG: the server died
+                        self._server_gone()
                     self._reap()
                 elif fd in self.spawns:
                     self._on_pipe(fd)
@@ -147,7 +160,7 @@ class Zygote:
     def _on_ctl(self) -> None:
         data = os.read(self.ctl, 1 << 16)
         if not data:
-            os._exit(0)  # the server went away
+            self._server_gone()
         self.inbuf += data
         while b"\n" in self.inbuf:
             line, self.inbuf = self.inbuf.split(b"\n", 1)
@@ -159,8 +172,19 @@ class Zygote:
                 elif op == "enter":
                     sp = _Spawn(req["key"], req, "agentd", bwrap_pid=int(req["bwrap_pid"]))
                     self._fork_agentd(sp, int(req["pid1"]))
+                elif op == "janitor":
+                    self.janitor = req
             except Exception as exc:  # report, never die: other sandboxes depend on us
                 self.send({"event": "failed", "key": req.get("key"), "error": repr(exc)})
+
+    def _server_gone(self) -> NoReturn:
+        """The server died (its end of the control socket closed, or PDEATHSIG): as the
+        janitor, end every sandbox and remove its cgroups and the runtime directory, so that
+        nothing of a killed server waits for the next start."""
+        if self.janitor is not None:
+            with contextlib.suppress(BaseException):
+                _clean_up(self.janitor, list(self.watch))
+        os._exit(0)
 
     def _reap(self) -> None:
         while True:
@@ -171,6 +195,9 @@ class Zygote:
             if pid == 0:
                 return
             key = self.watch.pop(pid, None)
+            slirp = self.slirps.pop(pid, None)
+            if slirp is not None:  # its sandbox's bubblewrap exited: the network goes too
+                slirp.stop()
             if key is not None:
                 code = os.waitstatus_to_exitcode(status)
                 self.send({"event": "exited", "key": key, "pid": pid, "status": code})
@@ -233,6 +260,11 @@ class Zygote:
                 os.set_inheritable(info, True)
                 extra = ["--unshare-user", "--userns-block-fd", str(block), "--info-fd", str(info)]
                 args[1:1] = extra
+            if req.get("seccomp"):  # bwrap installs it on the sandbox's init and payload
+                program = os.open(req["seccomp"], os.O_RDONLY)
+                program = fcntl.fcntl(program, fcntl.F_DUPFD, 3)
+                os.set_inheritable(program, True)
+                args[1:1] = ["--seccomp", str(program)]
             binds = [(req["workspace"], f"{runtime}/ws")]
             if req.get("layer"):  # a custom template's layer, seen by bwrap at <runtime>/layer
                 binds.append((req["layer"], f"{runtime}/layer"))
@@ -330,10 +362,32 @@ class Zygote:
         except (OSError, ValueError, IndexError):
             self._fail(sp, "bubblewrap did not start the sandbox")
             return
+        if sp.req.get("internet"):
+            try:
+                self._connect(sp, pid1)
+            except Exception as exc:  # report, never die: other sandboxes depend on us
+                sp.lines.append(str(exc) if isinstance(exc, network.NetworkError) else repr(exc))
+                self._fail(sp, "the sandbox's network could not be set up")
+                return
         if sp.req.get("op") == "launch":  # another zygote forks its agentd ("enter")
             self.send({"event": "launched", "key": sp.key, "bwrap_pid": sp.bwrap_pid, "pid1": pid1})
             return
         self._fork_agentd(sp, pid1)
+
+    def _connect(self, sp: _Spawn, pid1: int) -> None:
+        """Give an internet sandbox its outbound-only network (see agentplex/sandbox/network.py)
+        before agentd, and so any of its code, exists: the filter first, then slirp4netns."""
+        network.install_filter(pid1, network.ruleset(network.cached_host_addresses()))
+        log = os.open(sp.req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            slirp = network.start_slirp(pid1, sp.req.get("cgroup_procs") or [], log)
+        finally:
+            os.close(log)
+        if sp.bwrap_pid in self.watch:
+            self.slirps[sp.bwrap_pid] = slirp
+        else:  # bubblewrap already exited (and was reaped) meanwhile
+            slirp.stop()
+            raise network.NetworkError("the sandbox exited while its network was set up")
 
     def _fork_agentd(self, sp: _Spawn, pid1: int) -> None:
         """Fork agentd (process C) straight into the sandbox's pid namespace: setns(pid) only
@@ -365,6 +419,50 @@ class Zygote:
         sp.phase = "agentd"
         sp.agentd_pid = pid
         self._watch_pipe(r, sp)
+
+
+def _clean_up(janitor: dict[str, Any], pids: list[int], timeout: float = 5.0) -> None:
+    """Kill ``pids`` (the sandboxes' bwrap) and every process in the cgroups under
+    ``janitor["cgroups"]`` (thawing paused ones: a frozen process cannot die), then remove
+    those cgroups, deepest first, and ``janitor["run_dir"]``."""
+    import shutil
+    import time
+
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    # deepest first; every hierarchy thawed before anything is killed (v1: a process frozen
+    # in the freezer hierarchy does not die, and so cannot leave its memory cgroup either)
+    dirs = [d for base in janitor.get("cgroups") or [] for d, _, _ in os.walk(base, topdown=False)]
+    for path in dirs:
+        for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+            with contextlib.suppress(OSError), open(os.path.join(path, name), "w") as f:
+                f.write(value)
+    deadline = time.monotonic() + timeout
+    while dirs and time.monotonic() < deadline:
+        for path in list(dirs):
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as f:
+                    inside = [int(p) for p in f.read().split()]
+            except (OSError, ValueError):
+                inside = []
+            for pid in inside:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            dirs.remove(path)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        if dirs:
+            time.sleep(0.01)
+    if janitor.get("run_dir"):
+        shutil.rmtree(janitor["run_dir"], ignore_errors=True)
 
 
 def _describe(exc: BaseException) -> str:
@@ -400,6 +498,15 @@ def _open_cgroup_stats(req: dict[str, Any]) -> None:
     req["agentd"]["cgroup_fds"] = fds
 
 
+def _seccomp_program(req: dict[str, Any]) -> bytes | None:
+    """The sandbox's seccomp filter (see agentplex/sandbox/seccomp.py), None without one."""
+    path = req.get("seccomp")
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def _protect_from_oom() -> None:
     """Make agentd the OOM killer's last choice when we may (CAP_SYS_RESOURCE); its children
     raise their own score anyway, so they go first either way."""
@@ -414,6 +521,7 @@ def _enter_sandbox(req: dict[str, Any], pid1: int, w: int) -> NoReturn:
         _join_cgroups(req)
         _open_cgroup_stats(req)
         _protect_from_oom()
+        req["seccomp_program"] = _seccomp_program(req)  # read while the host's files are seen
         os.setgroups([])
         nsutil.enter_namespaces(pid1, tuple(n for n in nsutil.NAMESPACES if n != "pid"))
     except BaseException as exc:
@@ -451,6 +559,9 @@ def _become_agentd(req: dict[str, Any], w: int, *, isolated: bool) -> NoReturn:
             _open_cgroup_stats(req)
             _protect_from_oom()
         nsutil.drop_privileges()
+        program = req.get("seccomp_program") if isolated else _seccomp_program(req)
+        if program:  # after no_new_privs (drop_privileges); every child inherits it
+            seccomp.install(program)
         if isolated and _split(req):
             nsutil.set_dumpable(False)  # its /proc entries (fds, environ, mem) closed to the code
         from agentplex.sandbox.agentd import identity
@@ -487,7 +598,9 @@ def _become_agentd(req: dict[str, Any], w: int, *, isolated: bool) -> NoReturn:
 
 def main() -> NoReturn:
     ctl = int(sys.argv[1])
-    nsutil.set_pdeathsig(signal.SIGKILL)
+    # SIGTERM, not SIGKILL: the zygote must live on to clean up after a server that died
+    # (`Zygote._server_gone`); until it serves, SIGTERM's default still ends it
+    nsutil.set_pdeathsig(signal.SIGTERM)
     nsutil.set_child_subreaper()
     if os.getppid() == 1:
         os._exit(0)
