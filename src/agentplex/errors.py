@@ -109,6 +109,13 @@ class SandboxUnavailable(ServiceUnavailable):
     code = "sandbox_unavailable"
 
 
+class SandboxAnswerTooLarge(AgentplexError):
+    """A sandbox's answer is over what the server relays in one piece (it holds it whole)."""
+
+    status = 502
+    code = "sandbox_answer_too_large"
+
+
 class TemplateNotFound(NotFound):
     """Template not found."""
 

@@ -117,6 +117,11 @@ async def count_active(conn: AsyncConnection) -> int:
     return int((await conn.execute(query)).scalar_one())
 
 
+async def any_created(conn: AsyncConnection) -> bool:
+    """Whether a key was ever created here, revoked or not (once one was, auth stays on)."""
+    return (await conn.execute(select(api_keys.c.id).limit(1))).first() is not None
+
+
 async def touch(conn: AsyncConnection, key_ids: list[str], when: datetime) -> None:
     """Record that these keys were used."""
     if key_ids:

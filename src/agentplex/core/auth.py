@@ -56,8 +56,9 @@ class Authenticator:
         self._env_key_hash = apikeys.hash_key(env_key) if env_key else None
         self._jwt_key = _jwt_verification_key(settings)
         self._cache: dict[str, tuple[Principal | None, float]] = {}
-        self._keys_exist = False
+        self._keys_exist: bool | None = None  # None until the first lookup has answered
         self._keys_checked_at = float("-inf")
+        self._keys_lookup: asyncio.Future[bool] | None = None
         self._used: set[str] = set()
         self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
         self._verifiers = list(verifiers)
@@ -74,15 +75,27 @@ class Authenticator:
         return self._env_key_hash is not None or self._jwt_key is not None
 
     async def required(self) -> bool:
-        """Auth is enforced as soon as any key exists (re-checked every few seconds)."""
-        if self.configured_statically:
-            return True
-        now = time.monotonic()
-        if now - self._keys_checked_at > max(self._settings.cache_seconds, 0.5):
-            self._keys_checked_at = now  # one refresh at a time; others use the last answer
+        """Whether callers need a credential: yes once any key was ever created (revoked keys
+        included, so revoking the last key never opens a server, nor does a restart), or when
+        one is configured. No caller gets an answer before the first lookup has ended."""
+        if self._keys_exist or self.configured_statically:
+            return True  # for good: nothing turns authentication off again
+        fresh = time.monotonic() - self._keys_checked_at <= max(self._settings.cache_seconds, 0.5)
+        if self._keys_exist is not None and (fresh or self._keys_lookup is not None):
+            return False  # no key yet; a refresh under way answers the calls after it
+        if self._keys_lookup is None:
+            self._keys_lookup = asyncio.ensure_future(self._lookup_keys())
+        return await asyncio.shield(self._keys_lookup)
+
+    async def _lookup_keys(self) -> bool:
+        try:
             async with self._db.read() as conn:
-                self._keys_exist = await apikeys.count_active(conn) > 0
-        return self._keys_exist
+                found = await apikeys.any_created(conn)
+            self._keys_exist = self._keys_exist or found
+            self._keys_checked_at = time.monotonic()
+            return self._keys_exist
+        finally:  # a failure reaches every waiter (an error, never an open door); retried next
+            self._keys_lookup = None
 
     async def authenticate(self, credential: str) -> Principal | None:
         """The caller a credential stands for, or None if it is not valid."""

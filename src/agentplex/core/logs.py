@@ -14,9 +14,10 @@ import re
 import sys
 import threading
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from agentplex.core.clock import iso, utcnow
 from agentplex.core.streams import Ring, StreamItem
@@ -27,6 +28,28 @@ logging.addLevelName(5, "TRACE")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _STREAM_ID = "logs"
+
+# The environment of the request being served (set by the gateway once it knows the caller):
+# records logged while serving it, and by tasks it starts, belong to that environment.
+log_env: ContextVar[str | None] = ContextVar("agentplex_log_env", default=None)
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+# A URL's query string (tokens ride in them: ?token=, ?auth_token=) and the credentials this
+# server issues, wherever they appear in a message.
+_URL_QUERY = re.compile(r"((?:https?|wss?)://[^\s?#\"']*|\s/[^\s?#\"']*)\?[^\s\"']*")
+_SECRET = re.compile(r"\b(apx|sbt)_[A-Za-z0-9_-]{6,}")
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
+
+
+def redact(text: str) -> str:
+    """``text`` without colour codes, query strings, bearer tokens or this server's keys."""
+    if "\x1b" in text:
+        text = _ANSI.sub("", text)
+    if "?" in text:
+        text = _URL_QUERY.sub(r"\1?<redacted>", text)
+    if "_" in text:
+        text = _SECRET.sub(r"\1_<redacted>", text)
+    return _BEARER.sub(r"\1 <redacted>", text) if "earer" in text else text
 
 
 def parse_level(value: str) -> int:
@@ -72,6 +95,8 @@ class LogQuery:
     session_id: str | None = None
     agent_id: str | None = None
     limit: int = 100
+    env_id: str | None = None  # only this environment's entries (None: every entry)
+    server_lines: bool = True  # and the entries of no environment (startup, pool, ...)
     since_ts: float = 0.0
 
     only_level: bool = False
@@ -83,6 +108,10 @@ class LogQuery:
     def matches(self, entry: dict[str, Any]) -> bool:
         if entry["levelno"] < self.min_level:
             return False
+        if self.env_id is not None:
+            owner = entry.get("env_id")
+            if owner != self.env_id and (owner is not None or not self.server_lines):
+                return False
         if self.only_level:
             return self.since is None or entry["ts"] >= self.since_ts
         if self.module and not _module_matches(entry["module"], self.module):
@@ -192,9 +221,11 @@ _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "ta
 
 def _entry(record: logging.LogRecord) -> dict[str, Any]:
     fields = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
+    fields.pop("color_message", None)  # uvicorn's copy of the message with colour codes
+    env_id = fields.pop("env_id", None) or log_env.get()
     message = record.getMessage()
     if record.exc_info:
-        message += "\n" + logging.Formatter().formatException(record.exc_info)
+        message += "\n" + redact(logging.Formatter().formatException(record.exc_info))
     return {
         "time": datetime.fromtimestamp(record.created, UTC),
         "ts": record.created,
@@ -205,16 +236,42 @@ def _entry(record: logging.LogRecord) -> dict[str, Any]:
         "session_id": fields.pop("session_id", None),
         "request_id": fields.pop("request_id", None),
         "agent_id": fields.pop("agent_id", None),
+        "env_id": env_id,
         "fields": {k: _jsonable(v) for k, v in fields.items()},
     }
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
     try:
         json.dumps(value)
         return value
     except (TypeError, ValueError):
         return repr(value)
+
+
+class RedactFilter(logging.Filter):
+    """Formats each record once and strips what must never be logged (see ``redact``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "_agentplex_redacted", False):
+            return True
+        record._agentplex_redacted = True
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple):
+            # (client, method, path with its query string, http version, status)
+            record.args = tuple(
+                a.partition("?")[0] if i == 2 and isinstance(a, str) else a
+                for i, a in enumerate(record.args)
+            )
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+_RESERVED.add("_agentplex_redacted")
 
 
 class StoreHandler(logging.Handler):
@@ -247,6 +304,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class _TextFormatter(logging.Formatter):
+    """The console's lines; tracebacks redacted too (an error's text may quote a URL)."""
+
+    def formatException(self, ei: Any) -> str:
+        return redact(super().formatException(ei))
+
+
 def configure_logging(store: LogStore, level: str, fmt: str, access_log: bool = False) -> None:
     """Send agentplex's (and uvicorn's) records to the console and to ``store``."""
     root = logging.getLogger()
@@ -258,17 +322,32 @@ def configure_logging(store: LogStore, level: str, fmt: str, access_log: bool = 
     console.setFormatter(
         JsonFormatter()
         if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        else _TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     )
-    root.addHandler(console)
-    root.addHandler(StoreHandler(store))
+    store_handler = StoreHandler(store)
+    for handler in (console, store_handler):
+        handler.addFilter(RedactFilter())
+        root.addHandler(handler)
     root.setLevel(parse_level(level))
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = name != "uvicorn.access" or access_log
-    # Alembic narrates every migration context at INFO; only its warnings matter here.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Alembic narrates every migration context at INFO, httpx every request (each sandbox call,
+    # with its URL): only their warnings matter here.
+    for name in ("alembic", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Scope(TypedDict):
+    env_id: str
+    server_lines: bool
+
+
+def caller_scope(env_id: str, default_env_id: str) -> Scope:
+    """What a caller of ``env_id`` may read: its environment's entries, and the server's own
+    (those of no environment) only if it is the operator's default environment."""
+    return {"env_id": env_id, "server_lines": env_id == default_env_id}
 
 
 def build_query(
@@ -280,8 +359,12 @@ def build_query(
     agent_id: str | None = None,
     limit: int = 100,
     default_since: str | None = None,
+    env_id: str | None = None,
+    server_lines: bool = True,
 ) -> LogQuery:
-    """A LogQuery from API parameters; bad values raise BadRequest naming the parameter."""
+    """A LogQuery from API parameters; bad values raise BadRequest naming the parameter.
+    ``env_id`` limits it to that environment's entries, plus those of no environment when
+    ``server_lines`` (the operator's environment sees the server's own lines)."""
     from agentplex.errors import BadRequest
 
     try:
@@ -299,4 +382,6 @@ def build_query(
         session_id=session_id or None,
         agent_id=agent_id or None,
         limit=limit,
+        env_id=env_id,
+        server_lines=server_lines,
     )

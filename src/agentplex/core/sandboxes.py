@@ -22,6 +22,7 @@ from agentplex.core.sandbox_tokens import IssuedToken, SandboxTokens
 from agentplex.core.templates import TemplateService
 from agentplex.db.engine import Database
 from agentplex.db.records import sandboxes as records
+from agentplex.envvars import EnvVarsInvalid, check_env
 from agentplex.errors import (
     BadRequest,
     SandboxNotFound,
@@ -137,7 +138,13 @@ class SandboxService:
         internet_access: bool,
         env_vars: dict[str, str],
     ) -> tuple[SandboxRecord, IssuedToken]:
-        """A new running sandbox and its first data-plane token (shown once)."""
+        """A new running sandbox and its first data-plane token (shown once). BadRequest for
+        ``env_vars`` no process could start with (NUL, '=' in a name, past agentplex.envvars'
+        bounds): stored, they would break every command of the sandbox, restarts included."""
+        try:
+            env_vars = check_env(env_vars)
+        except EnvVarsInvalid as exc:
+            raise BadRequest(f"Invalid env_vars: {exc}") from None
         chosen = await self.templates.resolve(env_id, template)
         timeout = self._timeout(timeout_seconds)
         sandbox_id = "sbx_" + new_id().replace("-", "")[:20]

@@ -22,8 +22,12 @@ from typing import Any
 import httpx
 
 from agentplex.core.ports import Template
-from agentplex.errors import SandboxStateConflict
+from agentplex.errors import SandboxAnswerTooLarge, SandboxStateConflict
 from agentplex.sandbox.state import SandboxState
+
+# The largest answer relayed from agentd, held whole in the server's memory: a /files/read of
+# its 50 MiB maximum as base64 JSON fits; /execute's output is capped far below in agentd.
+MAX_ANSWER_BYTES = 96 * 1024 * 1024
 
 
 def agentd_client(socket_path: str) -> httpx.AsyncClient:
@@ -76,10 +80,15 @@ class SandboxHandle:
         headers: dict[str, str] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> tuple[int, httpx.Headers, bytes]:
-        """Send one HTTP request to agentd; (status, headers, body) exactly as agentd answered."""
+        """Send one HTTP request to agentd; (status, headers, body) exactly as agentd answered.
+
+        A kept-alive connection agentd closed while it sat in the pool fails before any answer
+        arrives: the request goes once more on a new connection. Nothing is sent twice once
+        an answer has begun."""
         self._running_socket()
-        try:
-            resp = await self._http().request(
+        client = self._http()
+        for attempt in (1, 2):
+            request = client.build_request(
                 method,
                 path,
                 json=json,
@@ -88,12 +97,50 @@ class SandboxHandle:
                 headers=headers,
                 timeout=timeout,
             )
-        except httpx.TransportError as exc:
-            raise SandboxStateConflict(
-                f"sandbox {self.id}'s agent is not answering ({exc.__class__.__name__});"
-                f" {self.reason or 'it may have been killed'}"
-            ) from exc
-        return resp.status_code, resp.headers, resp.content
+            try:
+                resp = await client.send(request, stream=True)
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                if attempt == 1:
+                    continue
+                raise self._not_answering(exc) from exc
+            except httpx.TransportError as exc:
+                raise self._not_answering(exc) from exc
+            try:
+                body = await self._bounded_body(resp)
+            except httpx.TransportError as exc:
+                raise self._not_answering(exc) from exc
+            finally:
+                await resp.aclose()
+            return resp.status_code, resp.headers, body
+        raise AssertionError("unreachable")
+
+    async def _bounded_body(self, resp: httpx.Response) -> bytes:
+        """The answer's body, refused past MAX_ANSWER_BYTES: the server holds each answer
+        whole, so an unbounded one (a huge download) would grow the server, not the sandbox."""
+        declared = resp.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+            raise self._too_large()
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in resp.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise self._too_large()
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _too_large(self) -> SandboxAnswerTooLarge:
+        return SandboxAnswerTooLarge(
+            f"sandbox {self.id}'s answer is over {MAX_ANSWER_BYTES // 1024 // 1024} MiB, more"
+            " than the server relays; read large files in parts (e.g. split them with a"
+            " command) or keep output smaller"
+        )
+
+    def _not_answering(self, exc: Exception) -> SandboxStateConflict:
+        return SandboxStateConflict(
+            f"sandbox {self.id}'s agent is not answering ({exc.__class__.__name__});"
+            f" {self.reason or 'it may have been killed'}"
+        )
 
     @contextlib.asynccontextmanager
     async def websocket(

@@ -17,6 +17,7 @@ from agentplex.api.common.metrics import Metrics
 from agentplex.api.common.ratelimit import RateLimiter, bucket_for
 from agentplex.api.common.surface import is_data_plane
 from agentplex.core.auth import Authenticator, Principal
+from agentplex.core.logs import log_env
 from agentplex.errors import RateLimited, Unauthorized
 
 PROBE_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/status"})
@@ -126,6 +127,7 @@ class Gateway:
         if principal is None or (principal.sandbox_id is not None and not is_data_plane(path)):
             return domain_error_response(path, Unauthorized(), request_id)
         scope["state"]["principal"] = principal
+        log_env.set(principal.env_id)  # what this request logs is its environment's
         if self.limiter.enabled:
             decision = await self.limiter.hit(*bucket_for(principal.subject, method, path))
             extra.extend(decision.headers())
@@ -177,6 +179,7 @@ class Gateway:
             await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized"})
             return
         scope["state"]["principal"] = principal
+        log_env.set(principal.env_id)
         await self.app(scope, receive, send)
 
 

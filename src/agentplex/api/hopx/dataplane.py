@@ -83,6 +83,11 @@ async def proxy_http(request: Request) -> Response:
     if request.method == "POST" and path == "/execute/async":
         return await _execute_async(services, sandbox_id, request)
     headers = {k: v for k in _FORWARD_REQUEST if (v := request.headers.get(k))}
+    # agentd's error bodies carry a request_id: the one this answer's X-Request-ID header has
+    # (the client's own, or the gateway's), not one agentd makes up
+    rid = request.scope.get("state", {}).get("request_id")
+    if rid:
+        headers["x-request-id"] = rid
     body = await request.body()
     relay = asyncio.ensure_future(
         svc.request(

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from agentplex.api.common.envelopes import par_ok
 from agentplex.api.common.routing import Call, RouteTable
-from agentplex.core.logs import build_query
+from agentplex.core.logs import build_query, caller_scope
 
 routes = RouteTable(tags=["par"])
 
@@ -22,7 +22,12 @@ class ParLogsQuery(BaseModel):
 @routes.get("/logs", summary="Recent log entries (PAR envelope)", query=ParLogsQuery)
 async def logs(call: Call) -> dict[str, Any]:
     q: ParLogsQuery = call.query
-    query = build_query(level=q.level, limit=q.limit, agent_id=q.agent_id)
+    query = build_query(
+        level=q.level,
+        limit=q.limit,
+        agent_id=q.agent_id,
+        **caller_scope(call.principal.env_id, call.services.default_env_id),
+    )
     entries = [{**e, "level": e["level"].upper()} for e in call.services.logs.query(query)]
     return par_ok(
         {"logs": entries, "total": len(entries), "level": q.level.upper()}, call.request_id

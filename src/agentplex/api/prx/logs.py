@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from agentplex.api.common.routing import Call, RouteTable
 from agentplex.api.common.sse import Event, resume_cursor, sse_response
-from agentplex.core.logs import LogQuery, build_query, public_entry
+from agentplex.core.logs import LogQuery, build_query, caller_scope, public_entry
 from agentplex.services import Services
 
 routes = RouteTable(tags=["prx"])
@@ -43,6 +43,7 @@ async def logs(call: Call) -> Any:
         session_id=q.session_id,
         limit=q.limit,
         default_since=None if q.stream else "1h",
+        **caller_scope(call.principal.env_id, call.services.default_env_id),
     )
     if q.stream:
         return _stream(call.services, call.request, query)
@@ -58,7 +59,12 @@ async def logs(call: Call) -> Any:
 )
 async def logs_stream(call: Call) -> Response:
     q: StreamQuery = call.query
-    query = build_query(level=q.level, module=q.module, session_id=q.session_id)
+    query = build_query(
+        level=q.level,
+        module=q.module,
+        session_id=q.session_id,
+        **caller_scope(call.principal.env_id, call.services.default_env_id),
+    )
     return _stream(call.services, call.request, query)
 
 

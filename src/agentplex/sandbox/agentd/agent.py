@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from agentplex.envvars import EnvVarsInvalid, check_env
 from agentplex.sandbox.agentd import identity
 from agentplex.sandbox.agentd.config import ADOPT_FILE, AgentConfig
 from agentplex.sandbox.agentd.errors import AgentError, bad_workdir, invalid
@@ -49,23 +51,45 @@ MAX_TIMEOUT = 24 * 3600.0
 
 
 def parse_timeout(value: Any, default: float = DEFAULT_TIMEOUT) -> float:
+    """Seconds: absent, null or 0 mean `default` (the hopx-ai SDKs send 60 to 300); a 400 for
+    anything else that is not a number in (0, MAX_TIMEOUT] (a day): a boolean, a negative,
+    NaN, infinity, more than the maximum (refused, not clamped, so nobody believes a limit
+    they do not get), a string of junk."""
     if value is None:
         return default
     try:
+        if isinstance(value, bool):
+            raise TypeError
         timeout = float(value)
-    except (TypeError, ValueError):
-        raise invalid("timeout must be a number of seconds", timeout=value) from None
-    if timeout <= 0:
-        return default
-    return min(timeout, MAX_TIMEOUT)
+    except (TypeError, ValueError, OverflowError):
+        timeout = math.nan
+    if not math.isfinite(timeout) or timeout < 0:
+        raise invalid(
+            f"timeout must be a number of seconds from 0 (the default, {default:g}) to"
+            f" {MAX_TIMEOUT:g}",
+            timeout=str(value)[:50],
+        )
+    if timeout > MAX_TIMEOUT:
+        raise invalid(
+            f"timeout {timeout:g} is over the maximum of {MAX_TIMEOUT:g} seconds",
+            timeout=timeout,
+            max_timeout=MAX_TIMEOUT,
+        )
+    return timeout or default
 
 
 def parse_env(value: Any) -> dict[str, str]:
+    """An ``env`` object: names and values as strings (null is ""), within agentplex.envvars'
+    bounds, without NUL; else a 400."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise invalid("env must be an object of strings")
-    return {str(k): "" if v is None else str(v) for k, v in value.items()}
+    env = {str(k): "" if v is None else str(v) for k, v in value.items()}
+    try:
+        return check_env(env)
+    except EnvVarsInvalid as exc:
+        raise invalid(str(exc)) from None
 
 
 class Agent:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -29,14 +31,29 @@ class _RequestId:
         rid = request_id(Request(scope))
         scope.setdefault("state", {})["request_id"] = rid
 
+        started = False
+
         async def _send(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = [h for h in message.get("headers", []) if h[0] != b"x-request-id"]
                 headers.append((b"x-request-id", rid.encode()))
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, _send)
+        try:
+            await self.app(scope, receive, _send)
+        except Exception as exc:
+            # Answered here rather than by Starlette's outermost handler, which re-raises:
+            # uvicorn then closes the connection, and the host's next request on it (kept
+            # alive in its pool) would fail although the sandbox is fine.
+            if started:
+                raise  # half an answer went out: only closing the connection can say so
+            logging.getLogger("agentplex.agentd").exception("%s failed", scope.get("path"))
+            message = f"agentd failed: {type(exc).__name__}: {exc}"[:500]
+            err = AgentError("INTERNAL_ERROR", message, 500)
+            await error_response(err, rid)(scope, receive, send)
 
 
 def _rid(request: Request) -> str:
@@ -55,11 +72,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(AgentError(code, message, exc.status_code), _rid(request))
 
 
-async def _crash(request: Request, exc: Exception) -> Response:
-    err = AgentError("INTERNAL_ERROR", f"agentd failed: {type(exc).__name__}: {exc}", 500)
-    return error_response(err, _rid(request))
-
-
 def build_app(cfg: AgentConfig) -> Starlette:
     """The data-plane app of one sandbox."""
     app = Starlette(
@@ -74,7 +86,6 @@ def build_app(cfg: AgentConfig) -> Starlette:
         exception_handlers={
             AgentError: _agent_error,
             HTTPException: _http_error,
-            Exception: _crash,
         },
     )
     app.state.agent = agent = Agent(cfg)

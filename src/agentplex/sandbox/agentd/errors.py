@@ -48,6 +48,17 @@ def not_allowed(path: str) -> AgentError:
     )
 
 
+def permission_denied(path: str) -> AgentError:
+    """The sandbox's user may not do this to a file inside the sandbox (a read-only file, a
+    directory without write permission); PATH_NOT_ALLOWED is for paths outside it."""
+    return AgentError(
+        "PERMISSION_DENIED",
+        f"permission denied: {path} (check the file's and its directory's permissions)",
+        403,
+        {"path": path},
+    )
+
+
 def request_id(request: Request) -> str:
     return request.headers.get("x-request-id") or uuid.uuid4().hex
 

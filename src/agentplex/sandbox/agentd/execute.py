@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -18,13 +18,16 @@ from agentplex.sandbox.agentd.processes import RunResult
 
 
 async def json_body(request: Request) -> dict[str, Any]:
+    """The body as a JSON object; a 400 for anything else. orjson refuses what no route can
+    use: NaN and infinities, numbers beyond a double, lone surrogates ("\\ud800") and
+    nesting deeper than 1024 (the standard library recurses until it fails)."""
     raw = await request.body()
     if not raw:
         return {}
     try:
-        data = json.loads(raw)
-    except ValueError:
-        raise invalid("the request body is not valid JSON") from None
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise invalid("the request body must be a JSON object")
     return data
@@ -158,11 +161,14 @@ def _command_argv(body: dict[str, Any]) -> tuple[list[str], str]:
         raise invalid("'command' (a string) is required")
     args = body.get("args")
     if args is None:
-        return ["/bin/sh", "-c", command], command
-    if not isinstance(args, list):
+        argv = ["/bin/sh", "-c", command]
+    elif not isinstance(args, list):
         raise invalid("'args' must be a list of strings")
-    argv = [command, *(str(a) for a in args)]
-    return argv, " ".join(argv)
+    else:
+        argv = [command, *(str(a) for a in args)]
+    if any("\x00" in a for a in argv):  # no process can receive one
+        raise invalid("'command' and 'args' must not contain a NUL byte")
+    return argv, command if args is None else " ".join(argv)
 
 
 async def run_command(request: Request) -> JSONResponse:

@@ -17,7 +17,13 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from agentplex.sandbox.agentd.agent import Agent
-from agentplex.sandbox.agentd.errors import AgentError, invalid, not_allowed, not_found
+from agentplex.sandbox.agentd.errors import (
+    AgentError,
+    invalid,
+    not_allowed,
+    not_found,
+    permission_denied,
+)
 from agentplex.sandbox.agentd.execute import json_body
 
 T = TypeVar("T")
@@ -29,10 +35,54 @@ def _agent(request: Request) -> Agent:
     return agent
 
 
+def not_regular(path: str, st: os.stat_result | None = None) -> AgentError:
+    kind = "not a regular file"
+    if st is not None:
+        kind = {
+            stat.S_IFIFO: "a FIFO (named pipe)",
+            stat.S_IFSOCK: "a socket",
+            stat.S_IFCHR: "a character device",
+            stat.S_IFBLK: "a block device",
+        }.get(stat.S_IFMT(st.st_mode), kind)
+    return AgentError(
+        "INVALID_PATH",
+        f"{path} is {kind}: the files routes read and write regular files only",
+        400,
+        {"path": path},
+    )
+
+
+def open_regular(path: str, real: str, flags: int, mode: int = 0o666) -> int:
+    """os.open() that never blocks agentd (which serves every request on one thread): a FIFO
+    or socket is opened non-blocking, then refused; a regular file's fd is made blocking again
+    (disk I/O does not wait on anyone)."""
+    fd = os.open(real, flags | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, mode)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise not_regular(path, st)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _fs(path: str, fn: Callable[[], T]) -> T:
     """Run a filesystem operation, turning OS errors into Hopx errors."""
     try:
         return fn()
+    except RecursionError:  # os.makedirs recurses once per missing directory
+        raise AgentError(
+            "INVALID_PATH", f"path too deep: {path[:200]}...", 400, {"path": path[:200]}
+        ) from None
+    except FileExistsError:
+        raise AgentError(
+            "FILE_ALREADY_EXISTS",
+            f"{path} (or one of its parent directories) exists and is not a directory",
+            409,
+            {"path": path},
+        ) from None
     except FileNotFoundError:
         raise not_found(path) from None
     except NotADirectoryError:
@@ -40,8 +90,17 @@ def _fs(path: str, fn: Callable[[], T]) -> T:
     except IsADirectoryError:
         raise invalid(f"is a directory: {path}", path=path) from None
     except PermissionError:
-        raise not_allowed(path) from None
+        raise permission_denied(path) from None
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise AgentError(
+                "INVALID_PATH",
+                "file name too long: a name is at most 255 bytes and a path 4095",
+                400,
+                {"path": path[:200]},
+            ) from None
+        if exc.errno == errno.ENXIO:  # a FIFO without reader, or a socket, opened to write
+            raise not_regular(path) from None
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise AgentError(
                 "DISK_QUOTA_EXCEEDED",
@@ -61,11 +120,21 @@ def _path(request: Request, body: dict[str, Any] | None = None) -> tuple[str, st
     return raw or "", _agent(request).paths.resolve(raw)
 
 
+def _shown(name: str) -> str:
+    """A file name as JSON can carry it: bytes that are not UTF-8 (which Python keeps as lone
+    surrogates) become U+FFFD, as `ls` shows them as '?'."""
+    try:
+        name.encode()
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _info(agent: Agent, real: str, st: os.stat_result) -> dict[str, Any]:
     mtime = datetime.fromtimestamp(st.st_mtime, tz=UTC).isoformat()
     return {
-        "name": os.path.basename(real),
-        "path": agent.paths.to_client(real),
+        "name": _shown(os.path.basename(real)),
+        "path": _shown(agent.paths.to_client(real)),
         "size": st.st_size,
         "is_directory": stat.S_ISDIR(st.st_mode),
         "is_dir": stat.S_ISDIR(st.st_mode),
@@ -79,9 +148,9 @@ async def read_file(request: Request) -> JSONResponse:
     path, real = _path(request)
 
     def _read() -> bytes:
-        if os.path.getsize(real) > MAX_READ:
-            raise invalid("file too large for /files/read; use /files/download", path=path)
-        with open(real, "rb") as f:
+        with open(open_regular(path, real, os.O_RDONLY), "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_READ:
+                raise invalid("file too large for /files/read; use /files/download", path=path)
             return f.read()
 
     data = _fs(path, _read)
@@ -100,13 +169,16 @@ async def write_file(request: Request) -> JSONResponse:
     content = body.get("content", "")
     if not isinstance(content, str):
         raise invalid("'content' must be a string (use encoding=base64 for bytes)")
-    data = base64.b64decode(content) if body.get("encoding") == "base64" else content.encode()
+    try:
+        data = base64.b64decode(content) if body.get("encoding") == "base64" else content.encode()
+    except ValueError:  # binascii.Error: not base64
+        raise invalid("'content' is not valid base64 (encoding=base64)") from None
     _agent(request).check_quota()
     mode = body.get("mode")
 
     def _write() -> None:
         os.makedirs(os.path.dirname(real), exist_ok=True)
-        with open(real, "wb") as f:
+        with open(open_regular(path, real, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
             f.write(data)
         if mode:
             os.chmod(real, int(str(mode), 8))
@@ -139,7 +211,7 @@ async def list_files(request: Request) -> JSONResponse:
 
 async def download(request: Request) -> StreamingResponse:
     path, real = _path(request)
-    f = _fs(path, lambda: open(real, "rb"))  # noqa: SIM115
+    f = _fs(path, lambda: open(open_regular(path, real, os.O_RDONLY), "rb"))  # noqa: SIM115
     size = os.fstat(f.fileno()).st_size
 
     async def _chunks() -> AsyncIterator[bytes]:
@@ -178,7 +250,7 @@ async def upload(request: Request) -> JSONResponse:
 
     def _write() -> None:
         os.makedirs(os.path.dirname(real), exist_ok=True)
-        with open(real, "wb") as f:
+        with open(open_regular(raw, real, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
             f.write(data)
 
     _fs(raw, _write)

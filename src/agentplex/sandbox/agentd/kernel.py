@@ -24,6 +24,8 @@ from typing import Any
 from agentplex.sandbox import nsutil
 from agentplex.sandbox.agentd import identity
 from agentplex.sandbox.agentd.processes import (
+    MAX_CAPTURE,
+    TRUNCATED,
     OutputSink,
     RunResult,
     exit_code,
@@ -34,7 +36,9 @@ from agentplex.sandbox.agentd.processes import (
 )
 
 INTERRUPT_GRACE = 2.0
-MAX_REPLY = 64 * 1024 * 1024  # one cell's rich output (figures, tables) as one JSON line
+# One cell's rich output (figures, tables) as one JSON line: bounded like stdout/stderr so
+# that neither agentd nor the server relaying the answer holds more than a few of these.
+MAX_REPLY = 2 * MAX_CAPTURE
 _TOO_LARGE = {
     "ename": "OutputTooLarge",
     "evalue": f"the cell's rich output is over {MAX_REPLY // 1024 // 1024} MiB and was dropped",
@@ -55,6 +59,7 @@ class PythonKernel:
         self._fds: dict[int, str] = {}
         self._decoders: dict[str, codecs.IncrementalDecoder] = {}
         self._parts: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._sizes = {"stdout": 0, "stderr": 0}  # characters kept of this execution's output
         self._sink: OutputSink | None = None
         self._seq = 0
         self._prestart: asyncio.Task[None] | None = None
@@ -118,11 +123,22 @@ class PythonKernel:
         if not data:
             asyncio.get_running_loop().remove_reader(fd)
             return False
-        text = self._decoders[name].decode(data)
-        self._parts[name].append(text)
-        if self._sink is not None and text:
-            self._sink(name, text)
+        self._keep(name, self._decoders[name].decode(data))
         return True
+
+    def _keep(self, name: str, text: str) -> None:
+        """Keep (and stream) an execution's output up to MAX_CAPTURE characters per stream;
+        the rest is read and dropped, with one marker, as for commands (else a cell printing
+        gigabytes grows agentd until the OOM killer takes it)."""
+        size = self._sizes[name]
+        if not text or size > MAX_CAPTURE:
+            return
+        if size + len(text) > MAX_CAPTURE:
+            text = text[: MAX_CAPTURE - size] + TRUNCATED
+        self._sizes[name] = size + len(text)
+        self._parts[name].append(text)
+        if self._sink is not None:
+            self._sink(name, text)
 
     def _drain(self) -> None:
         for fd in list(self._fds):
@@ -249,6 +265,7 @@ class PythonKernel:
             await self._spawn()
         assert self._writer is not None
         self._parts = {"stdout": [], "stderr": []}
+        self._sizes = {"stdout": 0, "stderr": 0}
         self._sink = sink
         self._seq += 1
         seq = req["id"] = self._seq

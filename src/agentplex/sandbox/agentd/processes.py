@@ -16,6 +16,7 @@ from agentplex.sandbox.agentd import identity
 
 OutputSink = Callable[[str, str], None]  # (stream name "stdout"|"stderr", text)
 MAX_CAPTURE = 8 * 1024 * 1024  # per stream; the rest is dropped with a marker
+TRUNCATED = "\n[output truncated]\n"
 # agentd protects itself from the OOM killer; everything it starts is a preferred victim.
 CHILD_OOM_SCORE_ADJ = "500"
 
@@ -117,18 +118,22 @@ class _Capture:
         self.truncated = False
 
     def feed(self, data: bytes) -> None:
+        """Keep (and stream) up to MAX_CAPTURE bytes; the rest is dropped, and the stream (a
+        WebSocket's queue) gets the marker once: live output is bounded like the answer."""
+        if self.size >= MAX_CAPTURE:
+            if not self.truncated and self.sink is not None:
+                self.sink(self.name, TRUNCATED)
+            self.truncated = True
+            return
         text = data.decode(errors="replace")
         if self.sink is not None:
             self.sink(self.name, text)
-        if self.size >= MAX_CAPTURE:
-            self.truncated = True
-            return
         self.parts.append(text)
         self.size += len(data)
 
     def text(self) -> str:
         out = "".join(self.parts)
-        return out + ("\n[output truncated]\n" if self.truncated else "")
+        return out + (TRUNCATED if self.truncated else "")
 
 
 async def _pump(stream: asyncio.StreamReader | None, cap: _Capture) -> None:

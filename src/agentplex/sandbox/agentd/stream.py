@@ -133,9 +133,11 @@ async def _read_frames(
 def _parse(raw: str) -> dict[str, Any] | None:
     try:
         msg = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep to parse
         return None
     if not isinstance(msg, dict) or msg.get("type", "execute") != "execute":
+        return None
+    if not isinstance(msg.get("code"), str):  # as /execute: no code is an error, not a no-op
         return None
     return msg
 
@@ -164,6 +166,25 @@ async def execute_stream(ws: WebSocket) -> None:
         return
     finally:
         reader.cancel()
+
+
+MAX_TERMINAL_SIZE = 10_000  # columns or rows; a window size is an unsigned short
+
+
+def _terminal_size(msg: dict[str, Any]) -> tuple[int, int]:
+    """(cols, rows) of a resize message; AgentError unless both are integers in 1..10000
+    (a negative or huge size would not fit the ioctl and used to end the terminal)."""
+    out = []
+    for key in ("cols", "rows"):
+        value = msg.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise AgentError("INVALID_REQUEST", f"resize: '{key}' must be a number", 400)
+        if not 1 <= value <= MAX_TERMINAL_SIZE:
+            raise AgentError(
+                "INVALID_REQUEST", f"resize: '{key}' must be 1..{MAX_TERMINAL_SIZE}", 400
+            )
+        out.append(int(value))
+    return out[0], out[1]
 
 
 def _set_size(fd: int, cols: int, rows: int) -> None:
@@ -228,19 +249,24 @@ async def terminal(ws: WebSocket) -> None:
     sender = asyncio.create_task(pump_out())
     try:
         while not sender.done():
-            receive = asyncio.create_task(ws.receive_json())
+            receive = asyncio.create_task(ws.receive_text())
             await asyncio.wait({receive, sender}, return_when=asyncio.FIRST_COMPLETED)
             if not receive.done():
                 receive.cancel()
                 break
-            msg = receive.result()
-            if not isinstance(msg, dict):
-                continue
-            if msg.get("type") == "input":
-                os.write(master, str(msg.get("data", "")).encode())
-            elif msg.get("type") == "resize":
-                _set_size(master, int(msg.get("cols", 80)), int(msg.get("rows", 24)))
-    except (WebSocketDisconnect, RuntimeError, ValueError):
+            try:
+                msg = json.loads(receive.result())
+                if not isinstance(msg, dict):
+                    raise AgentError("INVALID_REQUEST", "expected a JSON object", 400)
+                if msg.get("type") == "input":
+                    os.write(master, str(msg.get("data", "")).encode())
+                elif msg.get("type") == "resize":
+                    _set_size(master, *_terminal_size(msg))
+            except (ValueError, RecursionError):  # not JSON: said, and the terminal stays
+                await ws.send_json(_error_frame(AgentError("INVALID_REQUEST", "not JSON", 400)))
+            except AgentError as exc:
+                await ws.send_json(_error_frame(exc))
+    except (WebSocketDisconnect, RuntimeError, KeyError):
         pass
     finally:
         kill_group(pid, signal.SIGHUP)

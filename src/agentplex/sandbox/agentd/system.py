@@ -86,7 +86,7 @@ async def patch_env(request: Request) -> JSONResponse:
     body = await json_body(request)
     new = parse_env(body.get("env_vars"))
     merged = {**agent.env, **new} if body.get("merge", True) else new
-    agent.set_env(merged)
+    agent.set_env(parse_env(merged))  # the merged set is bounded too
     return JSONResponse({"env_vars": agent.env, "success": True})
 
 

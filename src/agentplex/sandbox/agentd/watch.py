@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import stat
 import time
@@ -81,17 +82,26 @@ def diff(old: dict[str, Entry], new: dict[str, Entry]) -> list[tuple[str, str, s
 async def files_watch(ws: WebSocket) -> None:
     await ws.accept()
     agent: Agent = ws.app.state.agent
+    expected = 'expected {"action": "watch", "path": ...}'
     try:
-        msg = await ws.receive_json()
-        raw = msg.get("path") if isinstance(msg, dict) else None
-        if isinstance(msg, dict) and msg.get("action", "watch") != "watch":
-            raise AgentError("INVALID_REQUEST", 'expected {"action": "watch", "path": ...}', 400)
+        first = await ws.receive()
+        if first["type"] == "websocket.disconnect":
+            return
+        try:
+            msg = json.loads(first.get("text") or first.get("bytes") or b"")
+        except (ValueError, RecursionError):
+            raise AgentError("INVALID_REQUEST", f"not JSON: {expected}", 400) from None
+        if not isinstance(msg, dict) or msg.get("action", "watch") != "watch":
+            raise AgentError("INVALID_REQUEST", expected, 400)
+        raw = msg.get("path")
         root = agent.paths.resolve(str(raw or agent.cfg.workspace))
     except AgentError as exc:
-        await ws.send_json({"type": "error", "code": exc.code, "error": exc.message})
-        await ws.close()
+        # 1008 (policy violation): the close itself says the request was refused
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await ws.send_json({"type": "error", "code": exc.code, "error": exc.message})
+            await ws.close(code=1008)
         return
-    except (WebSocketDisconnect, ValueError):
+    except (WebSocketDisconnect, RuntimeError):
         return
     closed = asyncio.get_running_loop().create_future()
 
