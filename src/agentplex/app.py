@@ -8,12 +8,12 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from agentplex import __version__
-from agentplex.api import hopx, par, prx
+from agentplex.api import hopx, hot, par, prx
 from agentplex.api.common import errors, health, openapi
 from agentplex.api.common.gateway import Gateway
 from agentplex.api.common.metrics import Metrics
@@ -38,6 +38,7 @@ _MOUNTS: list[tuple[str, RouteTable, bool]] = [
     ("/api", prx.routes, False),  # PRX alias
     ("", par.routes, True),
     ("", hopx.routes, True),
+    ("", hot.routes, True),
 ]
 
 
@@ -71,6 +72,7 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> ASG
         return HTMLResponse(openapi.SWAGGER_HTML)
 
     routes += [Route("/openapi.json", openapi_json), Route("/docs", docs)]
+    routes += [_asset(path, name) for path, name in openapi.SWAGGER_ASSETS.items()]
     app = Starlette(lifespan=lifespan, exception_handlers=errors.HANDLERS)
     app.router = SegmentRouter(routes, lifespan=lifespan)
     app.state.services = services
@@ -79,7 +81,7 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> ASG
     metrics.gauge(
         "agentplex_log_entries", "Entries held in the log store.", lambda: len(services.logs)
     )
-    return Gateway(
+    gateway = Gateway(
         app,
         authenticator=services.auth,
         limiter=limiter,
@@ -87,3 +89,16 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> ASG
         max_body_bytes=settings.server.max_body_bytes,
         public_docs=settings.auth.public_docs,
     )
+    if settings.auth.public_docs:  # the page's own files are as public as the page
+        gateway.public = gateway.public | frozenset(openapi.SWAGGER_ASSETS)
+    return gateway
+
+
+def _asset(path: str, name: str) -> Route:
+    """One of Swagger UI's files, served from the installed package (cacheable for a day)."""
+    file = openapi.SWAGGER_DIR / name
+
+    async def asset(_request: Request) -> Response:
+        return FileResponse(file, headers={"Cache-Control": "public, max-age=86400"})
+
+    return Route(path, asset)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -57,28 +59,35 @@ def serve(
     import uvicorn
 
     from agentplex.app import create_app
+    from agentplex.serving import connection_limit, guarded_protocol
 
     settings = _settings(config_file, {"host": host, "port": port, "data_dir": data_dir})
     keys = asyncio.run(_key_count(settings))
     static = settings.auth.api_key is not None or settings.auth.jwt_secret is not None
     static = static or settings.auth.jwt_public_key is not None
+    click.echo(f"agentplex: {_key_sources(settings, keys)}", err=True)
+    token_command = f"`{_prog()} auth token{_location_flags(settings)}`"
     if keys == 0 and not static:
         if not _is_loopback(settings.server.host):
             raise click.ClickException(
                 f"refusing to serve on {settings.server.host} with no API key: anyone could "
-                "use this server.\nCreate a key first with `agentplex auth token` (or set "
+                f"use this server.\nCreate a key first with {token_command} (or set "
                 "AGENTPLEX_API_KEY), or bind a loopback address such as 127.0.0.1."
             )
         click.echo(
             "agentplex: no API key exists, so authentication is OFF and the server listens "
             f"only on loopback ({settings.server.host}). Create a key with "
-            "`agentplex auth token` to turn authentication on.",
+            f"{token_command} to turn authentication on.",
             err=True,
         )
     config = uvicorn.Config(
         create_app(settings),
         host=settings.server.host,
         port=settings.server.port,
+        http=guarded_protocol(
+            settings.server.header_timeout_seconds,
+            connection_limit(settings.server.max_connections),
+        ),
         lifespan="on",
         log_config=None,
         access_log=settings.log.access_log,
@@ -94,6 +103,47 @@ def serve(
 
 def _exit_cleanly(_signum: int, _frame: object) -> None:
     sys.exit(0)
+
+
+def _prog() -> str:
+    """How to run this program from here: ``agentplex`` when that name on PATH is this
+    program, else its path (e.g. ``.venv/bin/agentplex``, which scripts/install makes)."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name != "agentplex" or not argv0.exists():
+        return "agentplex"  # `python -m agentplex.cli`, or a test runner
+    found = shutil.which("agentplex")
+    if found is not None and Path(found).resolve() == argv0.resolve():
+        return "agentplex"
+    with contextlib.suppress(ValueError):
+        return str(argv0.resolve().relative_to(Path.cwd().resolve()))
+    return str(argv0.resolve())
+
+
+def _where(settings: Settings) -> str:
+    """The database keys (and everything else) live in, said so a person can compare."""
+    if settings.database.url is not None and settings.database.url.get_secret_value():
+        return f"the database {settings.redacted()['database']['url']}"
+    return f"the data directory {settings.server.data_dir.resolve()}"
+
+
+def _location_flags(settings: Settings) -> str:
+    """The flags that point another command at this data directory ('' for the default)."""
+    if settings.database.url is not None and settings.database.url.get_secret_value():
+        return ""  # the database URL comes from the environment or the config file
+    data_dir = settings.server.data_dir
+    if data_dir.resolve() == (Path.cwd() / ".agentplex").resolve():
+        return ""
+    return f" --data-dir {data_dir.resolve()}"
+
+
+def _key_sources(settings: Settings, keys: int) -> str:
+    """Where this server's keys come from, for its start-up log."""
+    sources = [f"{keys} active API key(s) in {_where(settings)}"]
+    if settings.auth.api_key is not None:
+        sources.append("AGENTPLEX_API_KEY/HOTPLEX_API_KEY")
+    if settings.auth.jwt_secret is not None or settings.auth.jwt_public_key is not None:
+        sources.append("JWTs (auth.jwt_secret / auth.jwt_public_key)")
+    return "accepting " + ", ".join(sources)
 
 
 def _is_loopback(host: str) -> bool:
@@ -162,9 +212,30 @@ def auth() -> None:
 def auth_token(name: str, env_name: str, data_dir: Path | None, config_file: Path | None) -> None:
     """Create an API key and print it once (it cannot be shown again)."""
     settings = _settings(config_file, {"data_dir": data_dir})
+    new_database = _is_new(settings)
     key, plaintext = asyncio.run(_create_key(settings, name, env_name))
     click.echo(plaintext)
-    click.echo(f"created key {key.prefix}… ({key.id}); store it now, it is not kept.", err=True)
+    click.echo(
+        f"created key {key.prefix}… ({key.id}) of environment {env_name!r} in "
+        f"{_where(settings)}; store it now, it is not kept.\n"
+        f"A server sees it when it runs with the same data: `{_prog()} serve"
+        f"{_location_flags(settings)}` (or the same AGENTPLEX_DATA_DIR, "
+        "AGENTPLEX_DATABASE_URL or --config).",
+        err=True,
+    )
+    if new_database:
+        click.echo(
+            f"note: {_where(settings)} did not exist and was created just now; if your "
+            "server runs with another --data-dir, pass the same one here.",
+            err=True,
+        )
+
+
+def _is_new(settings: Settings) -> bool:
+    """Whether the SQLite database a command is about to use does not exist yet."""
+    if settings.database.url is not None and settings.database.url.get_secret_value():
+        return False
+    return not (settings.server.data_dir / "agentplex.db").exists()
 
 
 async def _create_key(settings: Settings, name: str, env_name: str) -> Any:
@@ -180,7 +251,10 @@ async def _create_key(settings: Settings, name: str, env_name: str) -> Any:
             if env is None:
                 env = await environments.get_by_name(conn, env_name)
             if env is None:
-                raise click.ClickException(f"no environment named {env_name!r}")
+                raise click.ClickException(
+                    f"no environment named {env_name!r} in {_where(settings)}; create it with "
+                    f"`{_prog()} env create {env_name}{_location_flags(settings)}`"
+                )
             return await apikeys.create(conn, env.id, name)
     finally:
         await db.dispose()
@@ -196,6 +270,7 @@ def auth_keys(include_revoked: bool, data_dir: Path | None, config_file: Path | 
 
     settings = _settings(config_file, {"data_dir": data_dir})
     keys = asyncio.run(_list_keys(settings, include_revoked))
+    click.echo(f"keys in {_where(settings)}", err=True)
     click.echo(f"{'PREFIX':<14} {'NAME':<16} {'CREATED':<25} {'LAST USED':<25} STATUS")
     for k in keys:
         click.echo(
@@ -244,6 +319,81 @@ async def _revoke(settings: Settings, key: str) -> Any:
             return await apikeys.revoke(conn, key)
     finally:
         await db.dispose()
+
+
+@main.group("env")
+def env_group() -> None:
+    """Manage environments (the tenant boundary API keys are scoped to)."""
+
+
+@env_group.command("create")
+@click.argument("name")
+@_DATA_DIR_OPTION
+@_CONFIG_OPTION
+def env_create(name: str, data_dir: Path | None, config_file: Path | None) -> None:
+    """Create an environment; then `auth token --env NAME` makes keys for it."""
+    from agentplex.errors import AgentplexError
+
+    settings = _settings(config_file, {"data_dir": data_dir})
+    try:
+        env = asyncio.run(_create_env(settings, name))
+    except AgentplexError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(env.id)
+    click.echo(
+        f"created environment {env.name!r} ({env.id}) in {_where(settings)}; make a key for "
+        f"it with `{_prog()} auth token --env {env.name}{_location_flags(settings)}`",
+        err=True,
+    )
+
+
+async def _create_env(settings: Settings, name: str) -> Any:
+    from agentplex.core import environments
+    from agentplex.db import migrate
+
+    db = _database(settings)
+    try:
+        await migrate.upgrade(db)
+        async with db.write() as conn:
+            return await environments.create(conn, name)
+    finally:
+        await db.dispose()
+
+
+@env_group.command("list")
+@_DATA_DIR_OPTION
+@_CONFIG_OPTION
+def env_list(data_dir: Path | None, config_file: Path | None) -> None:
+    """List environments: name, id, active keys, created."""
+    from agentplex.core.clock import iso
+
+    settings = _settings(config_file, {"data_dir": data_dir})
+    envs, key_counts = asyncio.run(_list_envs(settings))
+    click.echo(f"{'NAME':<24} {'ID':<36} {'KEYS':>4}  CREATED")
+    for env in envs:
+        click.echo(
+            f"{env.name[:24]:<24} {env.id:<36} {key_counts.get(env.id, 0):>4}  "
+            f"{iso(env.created_at) or ''}"
+        )
+
+
+async def _list_envs(settings: Settings) -> Any:
+    from agentplex.core import apikeys, environments
+    from agentplex.db import migrate
+
+    db = _database(settings)
+    try:
+        await migrate.upgrade(db)
+        async with db.write() as conn:
+            await environments.ensure_default(conn)
+            envs = await environments.list_all(conn)
+            keys = await apikeys.list_keys(conn, include_revoked=False)
+    finally:
+        await db.dispose()
+    counts: dict[str, int] = {}
+    for key in keys:
+        counts[key.env_id] = counts.get(key.env_id, 0) + 1
+    return envs, counts
 
 
 if __name__ == "__main__":  # pragma: no cover

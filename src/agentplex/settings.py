@@ -7,6 +7,7 @@ the defaults below.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
 from contextvars import ContextVar
@@ -75,6 +76,18 @@ class ServerSettings(_Subsystem):
     public_url: str | None = Field(
         None, description="Base URL clients reach this server at (defaults to http://host:port)."
     )
+    header_timeout_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="A connection must send a request's complete headers within this many "
+        "seconds of opening (or of the previous response), else it is closed (0: no limit).",
+    )
+    max_connections: int = Field(
+        4096,
+        ge=1,
+        description="Open connections (HTTP and WebSocket) served at once; more are answered "
+        "503 and closed. Lowered if the process's open-file limit cannot hold them.",
+    )
 
     def ensure_data_dir(self) -> Path:
         """Create the data directory, private to the server's user (0700, like a database
@@ -83,6 +96,12 @@ class ServerSettings(_Subsystem):
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         if path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
             path.chmod(0o700)
+        # inside a checkout, git and the linters must not take it (templates' layers hold
+        # whole Python packages) for the project's own files, whatever it is called
+        ignore = path / ".gitignore"
+        if not ignore.exists():
+            with contextlib.suppress(OSError):
+                ignore.write_text("# agentplex data directory: nothing here is source\n*\n")
         return path
 
 

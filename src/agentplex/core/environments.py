@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentplex.core.clock import new_id, utcnow
-from agentplex.db.tables import environments
-from agentplex.errors import NotFound
+from agentplex.db.engine import Database
+from agentplex.db.tables import environments, sandboxes
+from agentplex.errors import BadRequest, Conflict, NotFound
 
 DEFAULT_ENVIRONMENT = "default"
 
@@ -30,15 +33,25 @@ class EnvironmentNotFound(NotFound):
     """Environment not found."""
 
 
+class EnvironmentExists(Conflict):
+    """An environment with this name exists already."""
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
 async def ensure_default(conn: AsyncConnection) -> Environment:
     """The default environment, created on first use."""
     existing = await get_by_name(conn, DEFAULT_ENVIRONMENT)
-    if existing is not None:
-        return existing
+    return existing if existing is not None else await _insert(conn, DEFAULT_ENVIRONMENT)
+
+
+async def _insert(conn: AsyncConnection, name: str) -> Environment:
+    """A new environment called ``name``: its own org id, the default quotas."""
     env = Environment(
         id=new_id(),
         org_id=new_id(),
-        name=DEFAULT_ENVIRONMENT,
+        name=name,
         active=True,
         max_concurrent_runs=50,
         requests_per_hour=1000,
@@ -72,3 +85,50 @@ async def get(conn: AsyncConnection, env_id: str) -> Environment:
     if row is None:
         raise EnvironmentNotFound(f"Environment {env_id} not found")
     return Environment(**row._mapping)
+
+
+async def create(conn: AsyncConnection, name: str) -> Environment:
+    """A new environment (its own org id, the default quotas). BadRequest for a name that is
+    not 1-100 letters, digits, ``.``, ``_`` or ``-``; EnvironmentExists if it is taken."""
+    if not _NAME.match(name):
+        raise BadRequest(
+            f"Invalid environment name {name!r}: use 1-100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    if name == DEFAULT_ENVIRONMENT:
+        await ensure_default(conn)
+    if await get_by_name(conn, name) is not None:
+        raise EnvironmentExists(f"An environment named {name!r} exists already")
+    return await _insert(conn, name)
+
+
+async def list_all(conn: AsyncConnection) -> list[Environment]:
+    """Every environment, oldest first."""
+    rows = await conn.execute(select(environments).order_by(environments.c.created_at))
+    return [Environment(**row._mapping) for row in rows]
+
+
+async def describe(db: Database, env_id: str) -> Environment:
+    """The caller's environment (EnvironmentNotFound if it was removed)."""
+    async with db.read() as conn:
+        return await get(conn, env_id)
+
+
+async def quota(db: Database, env_id: str) -> dict[str, Any]:
+    """Hot's quota view of an environment: its limits, and how much of the compute limit its
+    running (or paused) sandboxes use, in percent of ``max_concurrent_runs``. No storage
+    quota is enforced, so ``storage_used_percent`` is 0."""
+    async with db.read() as conn:
+        env = await get(conn, env_id)
+        live = sandboxes.c.status.in_(("running", "paused"))
+        count = select(func.count()).select_from(sandboxes)
+        running = (await conn.execute(count.where(sandboxes.c.env_id == env_id, live))).scalar()
+    used = (
+        round(100 * int(running or 0) / env.max_concurrent_runs) if env.max_concurrent_runs else 0
+    )
+    return {
+        "compute_used_percent": used,
+        "storage_used_percent": 0,
+        "requests_per_hour": env.requests_per_hour,
+        "max_concurrent_runs": env.max_concurrent_runs,
+    }

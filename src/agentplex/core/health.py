@@ -57,8 +57,11 @@ class HealthService:
         return dict(zip(names, results, strict=True))
 
     async def readiness(self) -> str | None:
-        """Why the server cannot serve yet (starting, database, bus), or None when it can.
-        Sandboxes are not part of it: the rest of the API works without them."""
+        """Why the server cannot serve (starting, database, bus, the sandbox layer), or None
+        when it can. The sandbox layer counts once it has failed: while it cannot make
+        sandboxes (it failed to start, or a zygote died and is being restarted) a load balancer
+        should send callers elsewhere. A host without isolation is a configuration, not a
+        failure (it is shown in /status), and a layer not started yet is not a failure."""
         if not self.ready:
             return "server is starting"
-        return await self.database() or await self.bus_check()
+        return await self.database() or await self.bus_check() or self.backend.problem()

@@ -58,6 +58,7 @@ from agentplex.sandbox.handle import SandboxHandle
 from agentplex.sandbox.isolation import detect_isolation
 from agentplex.sandbox.launcher import Launcher, Runtime
 from agentplex.sandbox.pool import WarmPool
+from agentplex.sandbox.proctree import alive
 from agentplex.sandbox.quota import QuotaWatch
 from agentplex.sandbox.state import SandboxState, next_state
 from agentplex.sandbox.templates import builtin_templates, layer_env
@@ -115,6 +116,9 @@ class SandboxManager(SandboxBackend):
         self._opened = False
         self._open_error: str | None = None
         self._open_lock = asyncio.Lock()
+        # supervision of the zygotes: set while one is dead and being restarted
+        self._zygote_error: str | None = None
+        self._recovery: asyncio.Task[None] | None = None
 
     # -- set-up --------------------------------------------------------------------------------
     def builtin_templates(self) -> list[Template]:
@@ -134,18 +138,27 @@ class SandboxManager(SandboxBackend):
             "isolation": self.isolation.kind,
             "isolation_reason": self.isolation.reason,
             "unisolated_allowed": self.allow_unisolated,
-            "cgroups": "v1" if self.cgroups else "unavailable (no memory/cpu/pids limits)",
+            "cgroups": (
+                f"v{self.cgroups.version}"
+                if self.cgroups
+                else "unavailable (no memory/cpu/pids limits)"
+            ),
             "pool": {
                 "target": self.pool_sizes[False],
                 "ready": pool.size(False) if pool else 0,
                 "last_error": pool.last_error if pool else None,
             },
             "sandboxes": len(self._runtimes),
+            "zygote": {
+                "running": self._zygote.running if self._zygote else False,
+                "restarts": self._zygote.restarts if self._zygote else 0,
+                "problem": self._zygote_error,
+            },
         }
 
     def problem(self) -> str | None:
         # sandboxes refused for want of isolation are a configuration, shown in /status
-        return self._open_error
+        return self._open_error or self._zygote_error
 
     def on_exit(self, listener: ExitListener) -> None:
         self._listeners.append(listener)
@@ -182,12 +195,21 @@ class SandboxManager(SandboxBackend):
             await asyncio.to_thread(self.cgroups.sweep)
         else:
             log.warning(
-                "SANDBOX LIMITS UNAVAILABLE: no writable cgroup v1 memory, cpu and pids "
-                "hierarchies (cgroup v2 is not supported yet); sandboxes run WITHOUT "
+                "SANDBOX LIMITS UNAVAILABLE: no writable cgroup v2 (memory, cpu and pids "
+                "delegated) or v1 memory, cpu and pids hierarchies; sandboxes run WITHOUT "
                 "memory, CPU or process limits"
             )
+        # the light zygote cleans up after a server that died without closing us (SIGKILL)
+        janitor = {
+            "run_dir": str(self.run_dir),
+            "cgroups": [str(p) for p in self.cgroups.bases.values()] if self.cgroups else [],
+        }
         self._zygote = ZygoteClient(
-            self.run_dir / "zygote.log", self._on_exit, light=not self.preload_scientific
+            self.run_dir / "zygote.log",
+            self._on_exit,
+            light=not self.preload_scientific,
+            on_death=self._on_zygote_death,
+            janitor=janitor,
         )
         await self._zygote.start(Launcher.environ())
         self._launcher = Launcher(
@@ -298,6 +320,73 @@ class SandboxManager(SandboxBackend):
         for listener in self._listeners:
             listener(handle.id, handle.reason)
 
+    # -- supervision -----------------------------------------------------------------------------
+    def _on_zygote_death(self, light: bool) -> None:
+        """A zygote exited while in use (killed, crashed): say so in health until it is back,
+        and restart it."""
+        which = "light" if light else "full"
+        self._zygote_error = (
+            f"the sandbox fork server (the {which} zygote) exited; restarting it "
+            f"(see {self.run_dir / 'zygote.log'})"
+        )
+        log.error("%s", self._zygote_error)
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self, first_delay: float = 0.5, max_delay: float = 30.0) -> None:
+        """Stop the sandboxes that died with the zygote, then start it again, backing off
+        (0.5 s, doubling up to 30 s) while it keeps failing."""
+        assert self._zygote is not None
+        delay = first_delay
+        while self._opened:
+            await asyncio.sleep(delay)
+            await self._reap_dead_sandboxes()
+            try:
+                await self._zygote.restart_dead(Launcher.environ())
+            except Exception as exc:
+                self._zygote_error = f"the sandbox fork server (zygote) failed to restart: {exc}"
+                log.error("%s; retrying in %.1f s", self._zygote_error, delay)
+                delay = min(delay * 2, max_delay)
+                continue
+            self._zygote_error = None
+            log.warning("the sandbox fork server (zygote) was restarted")
+            if self._pool is not None:
+                self._pool.kick()
+            return
+
+    async def _reap_dead_sandboxes(self) -> None:
+        """Mark stopped (and tear down) every sandbox whose processes are gone: a sandbox's
+        bubblewrap dies with the light zygote, without an "exited" event."""
+        for handle in list(self._handles.values()):
+            rt = self._runtimes.get(handle.id)
+            if rt is None or handle.state not in (SandboxState.RUNNING, SandboxState.PAUSED):
+                continue
+            if alive(rt.agentd_pid) and (not rt.bwrap_pid or alive(rt.bwrap_pid)):
+                continue
+            handle.reason = (
+                "the sandbox's processes ended when the server's sandbox fork server (zygote) "
+                "died; start it again (its files are kept)"
+            )
+            handle.state = SandboxState.STOPPED
+            await self._teardown(handle)
+            for listener in self._listeners:
+                listener(handle.id, handle.reason)
+        if self._pool is not None:  # pooled sandboxes died the same way
+            for queue in self._pool.ready.values():
+                dead = [rt for rt in queue if not alive(rt.agentd_pid)]
+                for rt in dead:
+                    queue.remove(rt)
+                    await self._pool_discard(rt)
+
+    async def _zygote_up(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Wait (up to ``timeout``) for a zygote being restarted, else refuse clearly."""
+        recovery = self._recovery
+        if recovery is not None and not recovery.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(recovery), timeout)
+        if self._zygote_error is not None:
+            raise SandboxUnavailable(f"Sandboxes are unavailable: {self._zygote_error}")
+
     def _adopt(self, handle: SandboxHandle, rt: Runtime) -> None:
         """Hand a pooled sandbox its id, env and limits: agentd reads this file before it
         serves its next request (ADOPT_FILE), so creating costs no round trip."""
@@ -359,6 +448,7 @@ class SandboxManager(SandboxBackend):
         if not _ID.match(sandbox_id) or sandbox_id in self._handles:
             raise BadRequest(f"Invalid or duplicate sandbox id {sandbox_id!r}")
         await self.open()
+        await self._zygote_up()
         assert self._launcher is not None
         handle = self._new_handle(sandbox_id, template, env_vars, internet_access)
         env = handle.env_vars
@@ -435,6 +525,7 @@ class SandboxManager(SandboxBackend):
         """Bring a stopped sandbox back with its files and its last environment."""
         self._check_isolation()
         await self.open()
+        await self._zygote_up()
         assert self._launcher is not None
         home = self.sandboxes_dir / sandbox_id
         if not _ID.match(sandbox_id) or not home.is_dir():
@@ -546,7 +637,37 @@ class SandboxManager(SandboxBackend):
             )
         except httpx.InvalidURL as exc:
             raise BadRequest(f"Invalid path or query: {exc}") from None
+        except SandboxStateConflict:
+            await self._check_agent(handle)
+            raise
         return DataPlaneResponse(status, answer_headers, body)
+
+    async def _check_agent(self, handle: SandboxHandle) -> None:
+        """agentd did not answer: if it is gone while the rest of the sandbox lives on (the
+        zygote only hears of bubblewrap's exit), the sandbox is stopped, with the reason, so
+        it is not left `running` with every call refused."""
+        rt = self._runtimes.get(handle.id)
+        if rt is None or not rt.agentd_pid:
+            return
+        # a dying process closes its sockets a moment before /proc shows it gone
+        for _ in range(10):
+            if not alive(rt.agentd_pid):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            return
+        if handle.state is not SandboxState.RUNNING:
+            return
+        oom = rt.cgroup.oom_kills() if rt.cgroup else 0
+        handle.reason = (
+            "the sandbox's agent exited"
+            + (f"; the out-of-memory killer ended {oom} process(es)" if oom else "")
+            + "; start the sandbox again to use it"
+        )
+        handle.state = SandboxState.STOPPED
+        asyncio.get_running_loop().create_task(self._teardown(handle))
+        for listener in self._listeners:
+            listener(handle.id, handle.reason)
 
     @contextlib.asynccontextmanager
     async def websocket(
@@ -561,6 +682,10 @@ class SandboxManager(SandboxBackend):
         """Stop every sandbox (their files stay), the zygotes, and remove the runtime directory."""
         if not self._opened:
             return
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(BaseException):
+                await self._recovery
         if self._quota is not None:
             await self._quota.stop()
         if self._pool is not None:

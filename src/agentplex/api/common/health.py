@@ -12,6 +12,7 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 
 from agentplex.api.common.envelopes import par_ok
+from agentplex.api.common.gateway import credential_from
 from agentplex.api.common.metrics import cpu_percent, format_uptime, rss_bytes
 from agentplex.api.common.routing import Call, RouteTable
 from agentplex.core.clock import iso, utcnow
@@ -68,31 +69,44 @@ async def ready(call: Call) -> Response:
 
 @routes.get("/status", summary="Server status (Hot and PAR shapes)", public=True)
 async def status(call: Call) -> dict[str, Any]:
+    """Public: what Hot's and PAR's probes read (status, service, version, start time,
+    uptime). With a key (or while authentication is off) also the server's internals: the
+    database backend, the sandbox layer's isolation, pool and sandbox count, the bind address.
+    """
     services = call.services
     server = services.settings.server
     uptime = format_uptime(services.uptime_seconds)
-    return {
+    runtime: dict[str, Any] = {
+        "mode": "multi-agent",
+        "version": services.version,
+        "uptime": uptime,
+        "memory_usage": f"{rss_bytes() // (1024 * 1024)}MB",
+        "cpu_usage": f"{cpu_percent():.0f}%",
+    }
+    port = call.request.url.port or server.port
+    body: dict[str, Any] = {
         "status": "ok" if services.ready else "starting",
         "service": "agentplex api server",
         "version": services.version,
         "git_sha": services.git_sha,
         "start_time": iso(services.started_at),
-        "database": services.db.url.get_backend_name(),
-        "sandbox": services.sandbox_backend.status(),
-        **par_ok(
-            {
-                "runtime": {
-                    "mode": "multi-agent",
-                    "version": services.version,
-                    "uptime": uptime,
-                    "memory_usage": f"{rss_bytes() // (1024 * 1024)}MB",
-                    "cpu_usage": f"{cpu_percent():.0f}%",
-                },
-                "server": {"host": server.host, "port": call.request.url.port or server.port},
-            },
-            call.request_id,
-        ),
+        **par_ok({"runtime": runtime, "server": {"port": port}}, call.request_id),
     }
+    if await _trusted(call):
+        body["database"] = services.db.url.get_backend_name()
+        body["sandbox"] = services.sandbox_backend.status()
+        body["data"]["server"]["host"] = server.host
+    return body
+
+
+async def _trusted(call: Call) -> bool:
+    """Whether the caller of a public route may see the server's internals: it sent a valid
+    key of this server (not a sandbox's data-plane token), or authentication is off."""
+    auth = call.services.auth
+    if not await auth.required():
+        return True
+    principal = await auth.authenticate(credential_from(call.request.scope["headers"]))
+    return principal is not None and principal.sandbox_id is None
 
 
 @routes.get(

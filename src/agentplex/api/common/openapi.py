@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
+import swagger_ui_bundle  # type: ignore[import-untyped]
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
@@ -80,11 +82,20 @@ def build(
     }
 
 
+# Swagger UI's own files, from the swagger-ui-bundle-v2 package: /docs must work offline
+SWAGGER_DIR = Path(swagger_ui_bundle.swagger_ui_path)
+SWAGGER_ASSETS = {
+    "/docs/swagger-ui.css": "swagger-ui.css",
+    "/docs/swagger-ui-bundle.js": "swagger-ui-bundle.js",
+    "/docs/favicon-32x32.png": "favicon-32x32.png",
+}
+
 SWAGGER_HTML = """<!doctype html>
 <html><head><title>agentplex API</title><meta charset="utf-8">
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
+<link rel="icon" type="image/png" href="/docs/favicon-32x32.png">
+<link rel="stylesheet" href="/docs/swagger-ui.css">
 </head><body><div id="swagger-ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script src="/docs/swagger-ui-bundle.js"></script>
 <script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});</script>
 </body></html>
 """
