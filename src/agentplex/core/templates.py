@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,12 +22,16 @@ from agentplex.core.ports import DEFAULT_TEMPLATE, Resources, SandboxBackend, Te
 from agentplex.db.engine import Database
 from agentplex.db.records import sandboxes as sandbox_records
 from agentplex.db.records import templates as records
+from agentplex.envvars import EnvVarsInvalid, check_env
 from agentplex.errors import BadRequest, Conflict, TemplateNotFound, TemplateNotReady
 
 log = logging.getLogger("agentplex.templates")
 
 STEP_TIMEOUT_SECONDS = 900.0
 _LOG_LIMIT = 1_000_000
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Other names the Hopx SDKs' documentation uses for built-in templates.
+ALIASES = {"code-interpreter": "python", "python3": "python", "nodejs": "node", "golang": "go"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +152,7 @@ class TemplateService:
         return self.backend.builtin_templates()
 
     def _builtin(self, ref: str) -> Template | None:
+        ref = ALIASES.get(ref, ref)
         return next((t for t in self.builtins() if ref in (t.id, t.name)), None)
 
     async def _find(self, env_id: str, ref: str) -> CustomTemplate | None:
@@ -197,6 +203,17 @@ class TemplateService:
             raise TemplateNotReady(
                 "Custom templates need sandbox isolation (bubblewrap), which is unavailable here"
             )
+        if not _NAME.match(request.name):
+            raise BadRequest(
+                f"Invalid template name {request.name[:120]!r}: use 1-100 letters, digits, '.',"
+                " '_' or '-', starting with a letter or digit"
+            )
+        if self._builtin(request.name) is not None:
+            raise Conflict(f"{request.name!r} names a built-in template; choose another name")
+        try:
+            check_env(request.env)
+        except EnvVarsInvalid as exc:
+            raise BadRequest(f"Invalid ENV step: {exc}") from None
         base = self._builtin(request.base)
         if base is None:
             if await self._find(env_id, request.base) is not None:

@@ -159,3 +159,61 @@ def test_an_expired_data_plane_token_opens_nothing(settings: Settings) -> None:
         fresh = {"Authorization": f"Bearer {sandbox['auth_token']}"}
         assert httpx.get(f"{sandbox['public_host']}/health", headers=fresh).status_code == 200
         http.delete(f"/v1/sandboxes/{sandbox['id']}")
+
+
+def test_the_control_plane_takes_no_lax_input(settings: Settings) -> None:
+    with LiveServer(settings) as server, _client(server) as http:
+        for body, field in (
+            ({"template": "bash", "timeout_seconds": True}, "timeout_seconds"),  # not 1 s
+            ({"template": "bash", "timeout_seconds": "60"}, "timeout_seconds"),
+            ({"template": "bash", "internet_access": "yes"}, "internet_access"),
+            ({"template": "bash", "env_vars": {"A=B": "1"}}, "A=B"),
+            ({"template": "bash", "env_vars": {"A": "x\u0000y"}}, "NUL"),
+        ):
+            refused = http.post("/v1/sandboxes", json=body)
+            assert refused.status_code == 400, (body, refused.text)
+            assert field in refused.json()["message"], refused.json()
+        bogus = http.get("/v1/sandboxes", params={"status": "bogus"})
+        assert bogus.status_code == 400 and "status" in bogus.json()["message"]
+        for name, status in (("python", 409), ("code-interpreter", 409), ("../../x", 400)):
+            build = http.post("/v1/templates/build", json={"name": name, "from_template": "bash"})
+            assert build.status_code == status, (name, build.text)
+        env = http.post(
+            "/v1/templates/build",
+            json={"name": "bad-env", "steps": [{"type": "ENV", "args": ["A=B", "x"]}]},
+        )
+        assert env.status_code == 400 and "ENV" in env.json()["message"], env.text
+        assert all(
+            t["name"] != "python" or t["builtin"] for t in http.get("/v1/templates").json()["data"]
+        )
+
+
+def test_the_template_names_the_sdk_docs_use_work(settings: Settings) -> None:
+    with LiveServer(settings) as server, _client(server) as http:
+        made = http.post("/v1/sandboxes", json={"template_name": "code-interpreter"})
+        assert made.status_code == 200, made.text
+        assert made.json()["template_name"] == "python"
+        http.delete(f"/v1/sandboxes/{made.json()['id']}")
+        assert http.get("/v1/templates/code-interpreter").json()["name"] == "python"
+
+
+def test_the_data_directory_hides_itself_from_git_and_linters(settings: Settings) -> None:
+    with LiveServer(settings):
+        ignore = settings.server.data_dir / ".gitignore"
+        assert ignore.read_text().splitlines()[-1] == "*"
+
+
+def test_data_plane_errors_carry_the_request_id_of_their_header(settings: Settings) -> None:
+    with LiveServer(settings) as server, _client(server) as http:
+        sandbox = http.post("/v1/sandboxes", json={"template": "bash"}).json()
+        for sent in ({"X-Request-ID": "req-from-client-1"}, {}):
+            missing = http.get(
+                f"/sandboxes/{sandbox['id']}/files/read",
+                params={"path": "/workspace/nothing-here"},
+                headers=sent,
+            )
+            assert missing.status_code == 404
+            assert missing.json()["request_id"] == missing.headers["x-request-id"]
+            if sent:
+                assert missing.headers["x-request-id"] == "req-from-client-1"
+        http.delete(f"/v1/sandboxes/{sandbox['id']}")

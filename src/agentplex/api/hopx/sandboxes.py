@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, StrictInt
 
 from agentplex.api.common.routing import Call, RouteTable
 from agentplex.api.hopx.views import sandbox_view, with_token
@@ -16,19 +16,26 @@ class CreateSandbox(BaseModel):
     template_name: str | None = Field(None, description="Template by name (default python)")
     template_id: str | None = Field(None, description="Template by id")
     template: str | None = Field(None, description="Template by name or id (as typed with curl)")
-    timeout_seconds: int | None = Field(None, description="Stop the sandbox after this long")
-    internet_access: bool = Field(False, description="Share the host's network")
+    # strict: `true` is not 1 second and "yes" is not internet access
+    timeout_seconds: StrictInt | None = Field(
+        None, description="Stop the sandbox after this many seconds (0: never)"
+    )
+    internet_access: StrictBool = Field(
+        False, description="Outbound network access (public addresses only)"
+    )
     env_vars: dict[str, str] = Field(default_factory=dict, description="Environment variables")
 
 
 class ListSandboxes(BaseModel):
     limit: int = Field(100, ge=1, le=1000, description="Page size")
-    status: str | None = Field(None, description="creating, running, paused or stopped")
+    status: Literal["creating", "running", "paused", "stopped"] | None = Field(
+        None, description="creating, running, paused or stopped"
+    )
     cursor: str | None = Field(None, description="next_cursor of the previous page")
 
 
 class SetTimeout(BaseModel):
-    timeout_seconds: int = Field(..., description="New lifetime, counted from now (0: none)")
+    timeout_seconds: StrictInt = Field(..., description="New lifetime, counted from now (0: none)")
 
 
 @routes.post("/v1/sandboxes", summary="Create a sandbox from a template", body=CreateSandbox)

@@ -35,7 +35,7 @@ class BuildTemplate(BaseModel):
     model_config = ConfigDict(extra="ignore")  # startCmd, readyCmd, skipCache, ...: unused
     name: str | None = Field(None, description="The template's name (required, or `alias`)")
     alias: str | None = Field(None, description="Older name of `name`")
-    display_name: str | None = Field(None, description="Shown in listings")
+    display_name: str | None = Field(None, max_length=200, description="Shown in listings")
     from_template: str | None = Field(None, description="Built-in base template (python, ...)")
     base_template: str | None = Field(None, description="Same as from_template")
     template: str | None = Field(None, description="Same as from_template")
