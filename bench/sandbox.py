@@ -89,7 +89,8 @@ def serve(pool_size: int, source: Path | None = None) -> Iterator[tuple[str, str
         deadline = time.monotonic() + 120
         while True:
             try:
-                status = httpx.get(f"{url}/status", timeout=1).json()
+                # the sandbox details of /status are for key holders
+                status = httpx.get(f"{url}/status", timeout=1, headers={"X-API-Key": key}).json()
                 pool = (status.get("sandbox") or {}).get("pool", {})
                 if pool.get("ready", 0) >= pool_size:
                     break
@@ -98,10 +99,14 @@ def serve(pool_size: int, source: Path | None = None) -> Iterator[tuple[str, str
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not start")
             time.sleep(0.2)
+        _KEYS[url] = key
         yield url, key
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+_KEYS: dict[str, str] = {}  # base URL -> its key, for the pool probe
 
 
 def _client(url: str, key: str) -> httpx.Client:
@@ -109,7 +114,8 @@ def _client(url: str, key: str) -> httpx.Client:
 
 
 def _pool_ready(url: str) -> int:
-    return int(httpx.get(f"{url}/status").json()["sandbox"]["pool"]["ready"])
+    status = httpx.get(f"{url}/status", headers={"X-API-Key": _KEYS[url]}).json()
+    return int(status["sandbox"]["pool"]["ready"])
 
 
 def baselines(rounds: int) -> dict[str, float]:
