@@ -217,3 +217,16 @@ def test_data_plane_errors_carry_the_request_id_of_their_header(settings: Settin
             if sent:
                 assert missing.headers["x-request-id"] == "req-from-client-1"
         http.delete(f"/v1/sandboxes/{sandbox['id']}")
+
+
+def test_a_refused_credential_is_told_which_credential_fits(settings: Settings) -> None:
+    with LiveServer(settings) as server, _client(server) as http:
+        sandbox = http.post("/v1/sandboxes", json={"template": "bash"}).json()
+        token = {"Authorization": f"Bearer {sandbox['auth_token']}"}
+        control = httpx.get(f"{server.url}/v1/sandboxes", headers=token)
+        assert control.status_code == 401
+        assert "only its own data plane" in control.json()["message"]
+        wrong = {"Authorization": "Bearer sbt_not-a-token"}
+        data = httpx.get(f"{sandbox['public_host']}/health", headers=wrong)
+        assert data.status_code == 401 and "auth_token" in data.json()["error"]
+        http.delete(f"/v1/sandboxes/{sandbox['id']}")

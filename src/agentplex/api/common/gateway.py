@@ -125,7 +125,7 @@ class Gateway:
             return None
         principal = await self._principal(scope, headers)
         if principal is None or (principal.sandbox_id is not None and not is_data_plane(path)):
-            return domain_error_response(path, Unauthorized(), request_id)
+            return domain_error_response(path, _refusal(path, principal), request_id)
         scope["state"]["principal"] = principal
         log_env.set(principal.env_id)  # what this request logs is its environment's
         if self.limiter.enabled:
@@ -184,6 +184,21 @@ class Gateway:
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _refusal(path: str, principal: Principal | None) -> Unauthorized:
+    """The 401 for a request without a usable credential, saying which credential fits."""
+    if principal is not None:  # a sandbox token outside its sandbox's data plane
+        return Unauthorized(
+            "A sandbox's auth_token opens only its own data plane (/sandboxes/{id}/...); "
+            "use an API key here."
+        )
+    if is_data_plane(path):
+        return Unauthorized(
+            "Missing, invalid or expired credential: send the sandbox's auth_token (see "
+            "POST /v1/sandboxes/{id}/token/refresh) or an API key as `Authorization: Bearer`."
+        )
+    return Unauthorized()
 
 
 def route_template(scope: Scope) -> str:
