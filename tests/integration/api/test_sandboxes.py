@@ -214,7 +214,15 @@ def test_data_plane_paths_cannot_reach_host_routes_or_break_the_proxy(
     with httpx.Client(base_url=live_server.url, timeout=30) as client:
         sandbox = _create(client)
     base = f"/sandboxes/{sandbox['id']}"
-    for path in ("/x/../_reset", "/x/%2E%2E/_warm", "/%5Freset", "/./_configure"):
+    for path in (
+        "/x/../_reset",
+        "/x/%2E%2E/_warm",
+        "/%5Freset",
+        "/./_configure",
+        "//x/_reset",  # the HTTP client would read "x" as a host and send /_reset
+        "///x/_configure",
+        "//_warm",
+    ):
         status, body = _raw(live_server, "POST", base + path)
         assert status == 404, (path, body)
         assert body["code"] == "NOT_FOUND" and "request_id" in body

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ExceptionHandler
 
@@ -114,6 +114,12 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _on_client_gone(request: Request, exc: Exception) -> Response:
+    """The client left before sending its whole body: nobody will read an answer, and it is
+    not a server fault worth a traceback."""
+    return Response(status_code=400)
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error in %s %s", request.method, request.url.path)
     return error_response(
@@ -126,6 +132,7 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 
 
 HANDLERS: dict[Any, ExceptionHandler] = {
+    ClientDisconnect: _on_client_gone,
     AgentplexError: _on_domain_error,
     StarletteHTTPException: _on_http_error,
     Exception: _on_unexpected,

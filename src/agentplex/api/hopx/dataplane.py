@@ -61,7 +61,8 @@ def _upstream_path(request: Request) -> str:
     if not raw:
         return "/" + quote(request.path_params["path"])
     _, _, _, rest = raw.decode("latin-1").split("/", 3)  # "", "sandboxes", id, rest
-    return "/" + rest
+    # one leading slash only: "//x/_reset" would make the HTTP client read "x" as a host
+    return "/" + rest.lstrip("/")
 
 
 async def _client_gone(request: Request) -> None:
@@ -75,9 +76,10 @@ async def proxy_http(request: Request) -> Response:
     svc = services.sandboxes
     sandbox_id = request.path_params["sandbox_id"]
     await _authorize(svc, request.scope["state"]["principal"], sandbox_id)
-    path = posixpath.normpath("/" + request.path_params["path"])
+    path = posixpath.normpath("/" + request.path_params["path"].lstrip("/"))
     # agentd's host-only routes (/_configure, /_reset, ...); dot segments are resolved first,
-    # as the client library on the way to agentd resolves them ("x/../_reset")
+    # as the client library on the way to agentd resolves them ("x/../_reset"), and leading
+    # slashes collapsed, as the path is sent ("//x/_reset" would otherwise be host x, /_reset)
     if path.startswith("/_"):
         raise NotFound(f"No route {request.method} {request.url.path}")
     if request.method == "POST" and path == "/execute/async":
