@@ -46,6 +46,8 @@ class SandboxHandle:
     created_at: float
     isolation: str  # "bubblewrap" or "none"
     workspace: Path  # host path of /workspace
+    # host path of a template layer it may write to (a build's), counted against its disk quota
+    layer: Path | None = None
     state: SandboxState = SandboxState.CREATING
     socket_path: Path | None = None
     reason: str = ""  # why the sandbox last stopped on its own (OOM, quota, crash), if it did
@@ -105,6 +107,10 @@ class SandboxHandle:
                 raise self._not_answering(exc) from exc
             except httpx.TransportError as exc:
                 raise self._not_answering(exc) from exc
+            except RuntimeError as exc:  # the client was closed under us: stopped or deleted
+                raise SandboxStateConflict(
+                    f"Sandbox {self.id} was {self.state.value} while this request ran"
+                ) from exc
             try:
                 body = await self._bounded_body(resp)
             except httpx.TransportError as exc:

@@ -300,6 +300,9 @@ class SandboxManager(SandboxBackend):
             isolation=self.isolation.kind,
             workspace=self.sandboxes_dir / sandbox_id / "workspace",
         )
+        if template.layer_writable and template.layer_id and _ID.match(template.layer_id):
+            # a build writes its layer on the host's disk too: the quota watch counts it
+            handle.layer = self.layers_dir / template.layer_id / "layer"
         self._handles[sandbox_id] = handle
         return handle
 

@@ -190,6 +190,7 @@ async def reset(request: Request) -> JSONResponse:
     reason = str(body.get("reason") or "the host stopped this sandbox's processes")
     if body.get("quota_limit"):
         agent.quota_limit = int(body["quota_limit"])
+        agent.entry_limit = int(body.get("entry_limit") or 0)
     killed = agent.reset(reason)
     return JSONResponse({"success": True, "killed": killed})
 

@@ -1,5 +1,5 @@
 """The sandbox's own resource usage: its cgroups (when the host gave agentd their files) and
-the disk its workspace takes.
+the disk (bytes and entries) its workspace takes.
 
 agentd sees no /sys: the zygote opens the sandbox's cgroup files read-only before agentd enters
 the sandbox and hands over the descriptors (`AgentConfig.cgroup_fds`). Without them (no
@@ -19,8 +19,24 @@ from typing import Any
 _UNLIMITED = 1 << 60  # cgroup v1 reports "no memory limit" as a huge page-aligned number
 
 
+# A workspace (or writable template layer) may hold at most one file or directory per this many
+# bytes of its quota (262,144 for 1 GiB): empty files cost the host inodes, not bytes.
+BYTES_PER_ENTRY = 4096
+
+
+def entry_limit(quota_bytes: int) -> int:
+    """The most files and directories a tree with a `quota_bytes` disk quota may hold."""
+    return max(1, quota_bytes // BYTES_PER_ENTRY)
+
+
 def disk_usage(root: str | os.PathLike[str]) -> int:
     """Bytes allocated under `root` (symlinks not followed, hard links counted once)."""
+    return tree_usage(root)[0]
+
+
+def tree_usage(root: str | os.PathLike[str]) -> tuple[int, int]:
+    """(bytes allocated, entries) under `root`, `root` itself not counted: entries are the files,
+    directories, symlinks etc. below it, each inode once (symlinks not followed)."""
     total, seen = 0, set()
     stack = [os.fspath(root)]
     while stack:
@@ -39,7 +55,7 @@ def disk_usage(root: str | os.PathLike[str]) -> int:
                         total += st.st_blocks * 512
         except OSError:
             continue
-    return total
+    return total, len(seen)
 
 
 class CgroupUsage:
