@@ -60,6 +60,17 @@ class Conflict(AgentplexError):
     code = "conflict"
 
 
+class ResourceLimit(Forbidden):
+    """An environment limit is reached (its details give ``limit`` and ``current``)."""
+
+    code = "resource_limit"
+
+    def __init__(self, message: str, *, limit: int, current: int) -> None:
+        # the Hopx SDKs read a 403 whose message says "limit" as ResourceLimitError, with these
+        # details
+        super().__init__(message, details={"limit": limit, "current": current})
+
+
 class PayloadTooLarge(AgentplexError):
     """The request body is larger than the server accepts."""
 

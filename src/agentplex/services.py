@@ -182,7 +182,7 @@ def build_services(settings: Settings, backend: SandboxBackend | None = None) ->
     bus = create_bus(settings.bus.url)
     backend = backend if backend is not None else sandbox_backend(settings)
     tokens = SandboxTokens(db, settings.sandbox.token_ttl_seconds)
-    templates = TemplateService(db, backend)
+    templates = TemplateService(db, backend, settings.sandbox)
     return Services(
         settings=settings,
         logs=LogStore(settings.log.store_size),

@@ -287,6 +287,18 @@ class SandboxSettings(_Subsystem):
         description="Let /execute/async POST its result to loopback and private addresses "
         "(off: only public addresses, so clients cannot make the server call into its network).",
     )
+    max_per_environment: int = Field(
+        100,
+        ge=1,
+        description="Live sandboxes (creating, running or paused) one environment may have; "
+        "creating or starting one more is refused (403 resource_limit).",
+    )
+    max_builds_per_environment: int = Field(
+        2,
+        ge=1,
+        description="Template builds one environment may run at once; "
+        "one more is refused (403 resource_limit).",
+    )
     warm_on_start: bool = Field(
         True,
         description="Start the sandbox layer (fork server, warm pool) when the server starts; "

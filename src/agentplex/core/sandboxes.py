@@ -10,14 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from agentplex.core.clock import new_id, utcnow
-from agentplex.core.ports import DataPlaneResponse, DataPlaneSocket, Resources, SandboxBackend
+from agentplex.core.ports import (
+    DataPlaneResponse,
+    DataPlaneSocket,
+    Resources,
+    SandboxBackend,
+    Template,
+)
 from agentplex.core.sandbox_tokens import IssuedToken, SandboxTokens
 from agentplex.core.templates import TemplateService
 from agentplex.db.engine import Database
@@ -25,6 +31,7 @@ from agentplex.db.records import sandboxes as records
 from agentplex.envvars import EnvVarsInvalid, check_env
 from agentplex.errors import (
     BadRequest,
+    ResourceLimit,
     SandboxNotFound,
     SandboxStateConflict,
     TemplateNotFound,
@@ -97,6 +104,10 @@ class SandboxService:
         # sandbox id -> environment: a sandbox never changes environment, so the data-plane
         # gate need not read its record on every request
         self._env_of: dict[str, str] = {}
+        # environment -> sandboxes being created or started whose record is not live yet: the
+        # backend takes seconds, and concurrent requests must not all pass the limit check
+        self._pending: dict[str, int] = {}
+        self._limit_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Reconcile records with reality after a restart, then enforce timeouts."""
@@ -147,6 +158,17 @@ class SandboxService:
             raise BadRequest(f"Invalid env_vars: {exc}") from None
         chosen = await self.templates.resolve(env_id, template)
         timeout = self._timeout(timeout_seconds)
+        async with self._live_slot(env_id):
+            return await self._create(env_id, chosen, timeout, internet_access, env_vars)
+
+    async def _create(
+        self,
+        env_id: str,
+        chosen: Template,
+        timeout_s: int | None,
+        internet_access: bool,
+        env_vars: dict[str, str],
+    ) -> tuple[SandboxRecord, IssuedToken]:
         sandbox_id = "sbx_" + new_id().replace("-", "")[:20]
         await self.backend.create(
             sandbox_id, chosen, env_vars=env_vars, internet_access=internet_access
@@ -161,10 +183,10 @@ class SandboxService:
             "status_reason": None,
             "isolation": self.backend.isolation.kind,
             "internet_access": internet_access,
-            "timeout_seconds": timeout,
+            "timeout_seconds": timeout_s,
             "resources": chosen.resources.to_json(),
             "env_vars": env_vars,
-            "expires_at": now + timedelta(seconds=timeout) if timeout else None,
+            "expires_at": now + timedelta(seconds=timeout_s) if timeout_s else None,
             "created_at": now,
             "updated_at": now,
         }
@@ -178,6 +200,31 @@ class SandboxService:
             raise
         self._env_of[sandbox_id] = env_id
         return SandboxRecord.from_row(row), token
+
+    @contextlib.asynccontextmanager
+    async def _live_slot(self, env_id: str) -> AsyncIterator[None]:
+        """Hold one of the environment's ``max_per_environment`` live sandboxes while one is
+        created or started. ResourceLimit (403) when they are all taken."""
+        limit = self.settings.max_per_environment
+        async with self._limit_lock:
+            async with self.db.read() as conn:
+                live = await records.count(conn, env_id, LIVE_STATES)
+            current = live + self._pending.get(env_id, 0)
+            if current >= limit:
+                raise ResourceLimit(
+                    f"Sandbox limit reached: this environment has {current} live sandboxes "
+                    f"(limit {limit}); stop or delete one first",
+                    limit=limit,
+                    current=current,
+                )
+            self._pending[env_id] = self._pending.get(env_id, 0) + 1
+        try:
+            yield
+        finally:
+            if (left := self._pending[env_id] - 1) > 0:
+                self._pending[env_id] = left
+            else:
+                del self._pending[env_id]
 
     def _timeout(self, requested: int | None) -> int | None:
         if requested is None:
@@ -241,16 +288,19 @@ class SandboxService:
             raise SandboxStateConflict(
                 f"Sandbox {sandbox_id}'s template {record.template_name!r} no longer exists"
             ) from None
-        await self.backend.start(
-            record.id,
-            template,
-            env_vars=record.env_vars,
-            internet_access=record.internet_access,
-        )
-        expires = (
-            utcnow() + timedelta(seconds=record.timeout_seconds) if record.timeout_seconds else None
-        )
-        return await self._set(record, status="running", status_reason=None, expires_at=expires)
+        async with self._live_slot(env_id):
+            await self.backend.start(
+                record.id,
+                template,
+                env_vars=record.env_vars,
+                internet_access=record.internet_access,
+            )
+            expires = (
+                utcnow() + timedelta(seconds=record.timeout_seconds)
+                if record.timeout_seconds
+                else None
+            )
+            return await self._set(record, status="running", status_reason=None, expires_at=expires)
 
     async def pause(self, env_id: str, sandbox_id: str) -> SandboxRecord:
         record = await self.get(env_id, sandbox_id)

@@ -23,7 +23,14 @@ from agentplex.db.engine import Database
 from agentplex.db.records import sandboxes as sandbox_records
 from agentplex.db.records import templates as records
 from agentplex.envvars import EnvVarsInvalid, check_env
-from agentplex.errors import BadRequest, Conflict, TemplateNotFound, TemplateNotReady
+from agentplex.errors import (
+    BadRequest,
+    Conflict,
+    ResourceLimit,
+    TemplateNotFound,
+    TemplateNotReady,
+)
+from agentplex.settings import SandboxSettings
 
 log = logging.getLogger("agentplex.templates")
 
@@ -127,10 +134,16 @@ class CustomTemplate:
 class TemplateService:
     """Resolves, lists, builds and deletes the templates of each environment."""
 
-    def __init__(self, db: Database, backend: SandboxBackend) -> None:
+    def __init__(
+        self, db: Database, backend: SandboxBackend, settings: SandboxSettings | None = None
+    ) -> None:
         self.db = db
         self.backend = backend
+        self.max_builds = (settings or SandboxSettings()).max_builds_per_environment
         self._builds: set[asyncio.Task[None]] = set()
+        # held from counting an environment's builds to inserting the new one, so concurrent
+        # requests cannot all pass the limit
+        self._build_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Builds cut short by a restart are failed."""
@@ -222,6 +235,8 @@ class TemplateService:
             raise TemplateNotFound(
                 f"Base template {request.base!r} not found; built in: {available}"
             )
+        # checked before a replaced template is deleted too, so a refused build changes nothing
+        await self._check_build_limit(env_id)
         existing = await self._find(env_id, request.name)
         if existing is not None:
             if not request.replace:
@@ -251,13 +266,27 @@ class TemplateService:
             "started_at": now,
             "completed_at": None,
         }
-        async with self.db.write() as conn:
-            await records.insert(conn, row)
+        async with self._build_lock:
+            await self._check_build_limit(env_id)
+            async with self.db.write() as conn:
+                await records.insert(conn, row)
         record = CustomTemplate.from_row(row)
         task = asyncio.create_task(self._run(record), name=f"template-build-{template_id}")
         self._builds.add(task)
         task.add_done_callback(self._builds.discard)
         return record
+
+    async def _check_build_limit(self, env_id: str) -> None:
+        """ResourceLimit (403) when the environment runs ``max_builds_per_environment`` builds."""
+        async with self.db.read() as conn:
+            building = sum(r["status"] == "building" for r in await records.of_env(conn, env_id))
+        if building >= self.max_builds:
+            raise ResourceLimit(
+                f"Build limit reached: this environment has {building} template builds running "
+                f"(limit {self.max_builds}); wait for one to finish",
+                limit=self.max_builds,
+                current=building,
+            )
 
     async def _run(self, record: CustomTemplate) -> None:
         build_id = "bld_" + new_id().replace("-", "")[:20]

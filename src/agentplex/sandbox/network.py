@@ -7,9 +7,10 @@ default route via 10.0.2.2, DNS forwarder at 10.0.2.3) and `--disable-host-loopb
 does not lead to the host's 127.0.0.1). Because slirp's sockets are the host's, a packet filter
 (nftables, installed into the sandbox's namespace by the zygote, which is root, before agentd
 exists, so before any of the sandbox's code runs) rejects every destination that is not the
-public internet: the private, shared, link-local, loopback and multicast ranges and the host's
-own interface addresses, except slirp's DNS forwarder. The code inside holds no capability in
-that namespace, so it cannot change the rules.
+public internet: the private, shared, link-local, loopback and multicast ranges, the host's
+own interface addresses and the networks they are on (their on-link prefixes: the gateway and
+the host's neighbours, whatever range they are in), except slirp's DNS forwarder. The code
+inside holds no capability in that namespace, so it cannot change the rules.
 
 slirp4netns is a child of the zygote that started the sandbox's bubblewrap, in the sandbox's
 cgroups (its memory and CPU are the sandbox's; the cgroup kill of stop/delete ends it), and
@@ -87,9 +88,13 @@ def cached_host_addresses(max_age: float = 30.0) -> list[str]:
 
 
 def host_addresses() -> list[str]:
-    """The host's own interface addresses (IPv4 and IPv6, no loopback), from `ip -o addr`;
-    slirp would otherwise reach every service the host listens on at 0.0.0.0 through them."""
+    """The host's own interface addresses and their on-link networks (IPv4 and IPv6, no
+    loopback; ``192.0.2.2`` and ``192.0.2.0/24`` for ``inet 192.0.2.2/24``), from
+    `ip -o addr`: slirp would otherwise reach every service the host listens on at 0.0.0.0,
+    and the gateway and other machines of the host's own networks, even when those networks
+    are public ranges the fixed list does not block."""
     found: set[str] = set()
+    networks: set[str] = set()
     ip = shutil.which("ip") or "/usr/sbin/ip"
     try:
         out = subprocess.run(
@@ -101,7 +106,13 @@ def host_addresses() -> list[str]:
         parts = line.split()
         for family in ("inet", "inet6"):
             if family in parts[:-1]:
-                found.add(parts[parts.index(family) + 1].split("/")[0])
+                cidr = parts[parts.index(family) + 1]
+                found.add(cidr.split("/")[0])
+                with contextlib.suppress(ValueError):
+                    network = ipaddress.ip_network(cidr.split("%")[0], strict=False)
+                    # a /0 would be the whole internet: never an on-link network to block
+                    if network.prefixlen and not network.is_loopback:
+                        networks.add(str(network))
     with contextlib.suppress(OSError):  # `ip` missing: at least the addresses of our name
         for info in socket.getaddrinfo(socket.gethostname(), None):
             found.add(str(info[4][0]))
@@ -113,15 +124,16 @@ def host_addresses() -> list[str]:
             continue
         if not ip_address.is_loopback:
             out_addresses.append(str(ip_address))
-    return sorted(out_addresses)
+    return sorted(out_addresses) + sorted(networks)
 
 
 def ruleset(host: list[str]) -> str:
     """The nftables ruleset of an internet sandbox's namespace: output to its own `lo` and to
     slirp's DNS is accepted; to the blocked ranges and `host` addresses rejected (the
-    connecting process sees "No route to host" at once, not a time-out)."""
-    v4 = [*BLOCKED_V4, *(a for a in host if ":" not in a)]
-    v6 = [*BLOCKED_V6, *(a for a in host if ":" in a)]
+    connecting process sees "No route to host" at once, not a time-out). ``host`` holds
+    addresses and networks; overlaps are merged, as nft refuses overlapping set elements."""
+    v4 = _merged([*BLOCKED_V4, *(a for a in host if ":" not in a)])
+    v6 = _merged([*BLOCKED_V6, *(a for a in host if ":" in a)])
     return (
         "table inet agentplex {\n"
         "  chain out {\n"
@@ -134,6 +146,12 @@ def ruleset(host: list[str]) -> str:
         "  }\n"
         "}\n"
     )
+
+
+def _merged(entries: list[str]) -> list[str]:
+    """Addresses and networks of one family as the fewest non-overlapping networks."""
+    networks = [ipaddress.ip_network(e, strict=False) for e in entries]
+    return [str(n) for n in ipaddress.collapse_addresses(networks)]  # type: ignore[type-var]
 
 
 def _ns_args(pid1: int) -> list[str]:

@@ -230,3 +230,48 @@ def test_a_refused_credential_is_told_which_credential_fits(settings: Settings) 
         data = httpx.get(f"{sandbox['public_host']}/health", headers=wrong)
         assert data.status_code == 401 and "auth_token" in data.json()["error"]
         http.delete(f"/v1/sandboxes/{sandbox['id']}")
+
+
+def test_deleting_a_sandbox_under_a_running_request_answers_it_cleanly(
+    settings: Settings,
+) -> None:
+    import threading
+
+    with LiveServer(settings) as server, _client(server) as http:
+        sandbox = http.post("/v1/sandboxes", json={"template": "bash"}).json()
+        answers: list[httpx.Response] = []
+
+        def slow() -> None:
+            answers.append(
+                http.post(
+                    f"/sandboxes/{sandbox['id']}/commands/run",
+                    json={"command": "sleep 30", "timeout": 60},
+                )
+            )
+
+        runner = threading.Thread(target=slow)
+        runner.start()
+        time.sleep(1.0)
+        with _client(server) as other:
+            assert other.delete(f"/v1/sandboxes/{sandbox['id']}").status_code == 200
+        runner.join(30)
+        assert answers, "the running request never got an answer"
+        assert 400 <= answers[0].status_code < 500, answers[0].text
+        assert answers[0].json()["code"], answers[0].text
+
+
+def test_a_client_that_leaves_mid_body_is_no_server_error(settings: Settings) -> None:
+    import socket
+
+    with LiveServer(settings) as server, _client(server) as http:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+                raw.sendall(
+                    b"POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nX-API-Key: admin-key\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{}"
+                )
+                time.sleep(0.2)
+        time.sleep(0.5)
+        errors = http.get("/api/v1/logs", params={"level": "error", "limit": 100}).json()
+        assert not [e for e in errors["entries"] if "unhandled" in e["message"]], errors
+        assert http.get("/v1/sandboxes").status_code == 200

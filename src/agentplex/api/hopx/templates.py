@@ -54,7 +54,35 @@ class LogsQuery(BaseModel):
     offset: int = Field(0, ge=0, description="Characters of the log already read")
 
 
-_IMAGE_LANGUAGES = (("python", "python"), ("node", "node"), ("golang", "go"), ("go:", "go"))
+# An image's repository name (its last path part, without tag or digest) -> the built-in it
+# runs on: prefixes, first match wins. The SDKs' helpers send python:3.12, node:20-slim,
+# ubuntu/node:20-22.04_edge and ubuntu:22.04.
+_IMAGE_BASES = (
+    ("python", "python"),
+    ("node", "node"),
+    ("golang", "go"),
+    ("debian", "bash"),
+    ("ubuntu", "bash"),
+    ("bash", "bash"),
+    ("alpine", "bash"),
+)
+
+
+def image_base(image: str) -> str:
+    """The built-in template an image name stands for (``python:3.11-slim`` -> python,
+    ``ubuntu/node:20`` -> node, ``go:1.22`` -> go); BadRequest for any other image: images
+    are not pulled, and building some other image's template on bash would hide that."""
+    name = image.strip().lower().rsplit("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
+    if name == "go":
+        return "go"
+    for prefix, base in _IMAGE_BASES:
+        if name.startswith(prefix):
+            return base
+    raise BadRequest(
+        f"Unsupported from_image {image[:200]!r}: images are not pulled; use a python*, node*, "
+        "golang* (or go:*), debian, ubuntu, alpine or bash image (mapped to the python, node, go "
+        "and bash built-in templates), or from_template"
+    )
 
 
 def build_request(body: BuildTemplate) -> BuildRequest:
@@ -65,8 +93,7 @@ def build_request(body: BuildTemplate) -> BuildRequest:
         raise BadRequest("A template build needs a 'name'")
     base = body.from_template or body.base_template or body.template
     if not base and body.from_image:
-        image = body.from_image.lower()
-        base = next((lang for key, lang in _IMAGE_LANGUAGES if key in image), "bash")
+        base = image_base(body.from_image)
     steps: list[BuildStep] = []
     env: dict[str, str] = {}
     workdir = "/workspace"

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentplex.db.tables import sandbox_tokens, sandboxes
@@ -77,6 +77,16 @@ async def page(
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, (_encode_cursor(rows[-1]) if more and rows else None)
+
+
+async def count(conn: AsyncConnection, env_id: str, statuses: tuple[str, ...]) -> int:
+    """How many sandboxes of environment ``env_id`` are in one of ``statuses``."""
+    query = (
+        select(func.count())
+        .select_from(sandboxes)
+        .where(sandboxes.c.env_id == env_id, sandboxes.c.status.in_(statuses))
+    )
+    return int((await conn.execute(query)).scalar_one())
 
 
 async def with_status(conn: AsyncConnection, statuses: tuple[str, ...]) -> list[Row]:

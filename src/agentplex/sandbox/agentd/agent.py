@@ -28,7 +28,7 @@ from agentplex.sandbox.agentd.processes import (
     remaining,
     run_process,
 )
-from agentplex.sandbox.agentd.usage import CgroupUsage, disk_usage
+from agentplex.sandbox.agentd.usage import CgroupUsage, tree_usage
 from agentplex.sandbox.proctree import descendants
 
 LANGUAGES = {
@@ -80,12 +80,15 @@ def parse_timeout(value: Any, default: float = DEFAULT_TIMEOUT) -> float:
 
 def parse_env(value: Any) -> dict[str, str]:
     """An ``env`` object: names and values as strings (null is ""), within agentplex.envvars'
-    bounds, without NUL; else a 400."""
+    bounds, without NUL; else a 400. Numbers and the like are refused, not turned into text:
+    a client sending ``{"A": 1}`` has a bug the answer should show (the SDKs send strings)."""
     if value is None:
         return {}
-    if not isinstance(value, dict):
+    if not isinstance(value, dict) or not all(
+        v is None or isinstance(v, str) for v in value.values()
+    ):
         raise invalid("env must be an object of strings")
-    env = {str(k): "" if v is None else str(v) for k, v in value.items()}
+    env = {str(k): "" if v is None else v for k, v in value.items()}
     try:
         return check_env(env)
     except EnvVarsInvalid as exc:
@@ -104,7 +107,8 @@ class Agent:
         self.notice = ""  # why the host last ended this sandbox's processes (quota)
         self.resets = 0  # how many times it did
         self.reported = 0  # the count when a run last told its client why
-        self.quota_limit = 0  # set while the workspace is over its disk quota
+        self.quota_limit = 0  # set while the workspace is over its disk quota (bytes)
+        self.entry_limit = 0  # with it: the most files and directories it may hold
         self.usage = CgroupUsage(cfg.cgroup_fds)
 
     def reset(self, reason: str) -> int:
@@ -122,15 +126,18 @@ class Agent:
         return len(victims)
 
     def check_quota(self) -> None:
-        """Refuse writes while the workspace is over quota (re-measured on each attempt)."""
+        """Refuse writes while the workspace is over quota, in bytes or in files and
+        directories (re-measured on each attempt)."""
         if not self.quota_limit:
             return
-        if disk_usage(self.cfg.workspace_real) <= self.quota_limit:
-            self.quota_limit = 0
+        used, entries = tree_usage(self.cfg.workspace_real)
+        if used <= self.quota_limit and (not self.entry_limit or entries <= self.entry_limit):
+            self.quota_limit = self.entry_limit = 0
             return
+        what = "disk quota" if used > self.quota_limit else "limit of files and directories"
         raise AgentError(
             "DISK_QUOTA_EXCEEDED",
-            "the workspace is over its disk quota; delete files before writing more",
+            f"the workspace is over its {what}; delete files before writing more",
             507,
         )
 
@@ -212,7 +219,9 @@ class Agent:
         is an existing directory in the sandbox's areas, the same answer on every route."""
         if value is None or value == "":
             return None
-        real = self.paths.resolve(str(value))
+        if not isinstance(value, str):
+            raise invalid("'working_dir' must be a string path, e.g. \"/workspace\"")
+        real = self.paths.resolve(value)
         problem = _not_a_dir(real)
         if problem:
             raise bad_workdir(str(value), problem)

@@ -51,7 +51,10 @@ def result_body(res: RunResult) -> dict[str, Any]:
 
 
 def workdir_field(body: dict[str, Any]) -> Any:
-    return body.get("workdir") or body.get("working_dir")
+    """``workdir`` or, when it is absent or empty, ``working_dir`` (the SDKs' name); a
+    non-string stays as it is, for `Agent.requested_workdir` to refuse."""
+    value = body.get("workdir")
+    return body.get("working_dir") if value is None or value == "" else value
 
 
 def timeout_error(res: RunResult, timeout: float) -> AgentError:
@@ -162,10 +165,11 @@ def _command_argv(body: dict[str, Any]) -> tuple[list[str], str]:
     args = body.get("args")
     if args is None:
         argv = ["/bin/sh", "-c", command]
-    elif not isinstance(args, list):
+    elif not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        # not stringified: [1, 2] running `echo 1 2` would hide the client's bug
         raise invalid("'args' must be a list of strings")
     else:
-        argv = [command, *(str(a) for a in args)]
+        argv = [command, *args]
     if any("\x00" in a for a in argv):  # no process can receive one
         raise invalid("'command' and 'args' must not contain a NUL byte")
     return argv, command if args is None else " ".join(argv)
