@@ -45,7 +45,15 @@ async def test_a_connection_the_agent_dropped_is_replaced_not_reported(tmp_path:
     server = await asyncio.start_unix_server(agent, path=str(socket))
     template = Template(id="bash", name="bash", display_name="Bash", language="bash")
     handle = SandboxHandle(
-        "sbx_test", template, False, {}, 0.0, "none", tmp_path, SandboxState.RUNNING, socket
+        id="sbx_test",
+        template=template,
+        internet_access=False,
+        env_vars={},
+        created_at=0.0,
+        isolation="none",
+        workspace=tmp_path,
+        state=SandboxState.RUNNING,
+        socket_path=socket,
     )
     try:
         first = await handle.request("POST", "/commands/run", json={"command": "true"})
