@@ -158,8 +158,7 @@ class SandboxService:
             raise BadRequest(f"Invalid env_vars: {exc}") from None
         chosen = await self.templates.resolve(env_id, template)
         timeout = self._timeout(timeout_seconds)
-        async with self._live_slot(env_id):
-            return await self._create(env_id, chosen, timeout, internet_access, env_vars)
+        return await self._create(env_id, chosen, timeout, internet_access, env_vars)
 
     async def _create(
         self,
@@ -192,6 +191,10 @@ class SandboxService:
         }
         try:
             async with self.db.write() as conn:
+                # counted in the transaction that adds the record (writes are serialised), not
+                # in a read of its own before: that costs every create a round trip, and at the
+                # limit the sandbox just started is removed again
+                self._check_limit(env_id, await self._live_count(conn, env_id))
                 await records.insert(conn, row)
                 token = await self.tokens.issue(env_id, sandbox_id, conn)
         except BaseException:
@@ -205,18 +208,10 @@ class SandboxService:
     async def _live_slot(self, env_id: str) -> AsyncIterator[None]:
         """Hold one of the environment's ``max_per_environment`` live sandboxes while one is
         created or started. ResourceLimit (403) when they are all taken."""
-        limit = self.settings.max_per_environment
         async with self._limit_lock:
             async with self.db.read() as conn:
-                live = await records.count(conn, env_id, LIVE_STATES)
-            current = live + self._pending.get(env_id, 0)
-            if current >= limit:
-                raise ResourceLimit(
-                    f"Sandbox limit reached: this environment has {current} live sandboxes "
-                    f"(limit {limit}); stop or delete one first",
-                    limit=limit,
-                    current=current,
-                )
+                live = await self._live_count(conn, env_id)
+            self._check_limit(env_id, live + self._pending.get(env_id, 0))
             self._pending[env_id] = self._pending.get(env_id, 0) + 1
         try:
             yield
@@ -225,6 +220,25 @@ class SandboxService:
                 self._pending[env_id] = left
             else:
                 del self._pending[env_id]
+
+    async def _live_count(self, conn: Any, env_id: str) -> int:
+        """The environment's live sandboxes. With SQLite one process runs them all, so its
+        own count is exact and costs no query on the create path; with PostgreSQL other
+        replicas run some, and the records are counted."""
+        if self.db.is_sqlite:
+            return sum(1 for sid in self.backend.sandbox_ids() if self._env_of.get(sid) == env_id)
+        return await records.count(conn, env_id, LIVE_STATES)
+
+    def _check_limit(self, env_id: str, current: int) -> None:
+        """ResourceLimit (403) when ``current`` live sandboxes fill the environment's share."""
+        limit = self.settings.max_per_environment
+        if current >= limit:
+            raise ResourceLimit(
+                f"Sandbox limit reached: this environment has {current} live sandboxes "
+                f"(limit {limit}); stop or delete one first",
+                limit=limit,
+                current=current,
+            )
 
     def _timeout(self, requested: int | None) -> int | None:
         if requested is None:
@@ -300,6 +314,7 @@ class SandboxService:
                 if record.timeout_seconds
                 else None
             )
+            self._env_of[record.id] = env_id
             return await self._set(record, status="running", status_reason=None, expires_at=expires)
 
     async def pause(self, env_id: str, sandbox_id: str) -> SandboxRecord:
