@@ -9,6 +9,7 @@ import json
 import shutil
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -157,13 +158,21 @@ def _is_loopback(host: str) -> bool:
 
 async def _key_count(settings: Settings) -> int:
     from agentplex.core import apikeys
+
+    async with _connection(settings, write=False) as conn:
+        return await apikeys.count_active(conn)
+
+
+@contextlib.asynccontextmanager
+async def _connection(settings: Settings, *, write: bool) -> AsyncIterator[Any]:
+    """A connection to the server's database (migrated first), disposed of afterwards."""
     from agentplex.db import migrate
 
     db = _database(settings)
     try:
         await migrate.upgrade(db)
-        async with db.read() as conn:
-            return await apikeys.count_active(conn)
+        async with db.write() if write else db.read() as conn:
+            yield conn
     finally:
         await db.dispose()
 
@@ -240,24 +249,18 @@ def _is_new(settings: Settings) -> bool:
 
 async def _create_key(settings: Settings, name: str, env_name: str) -> Any:
     from agentplex.core import apikeys, environments
-    from agentplex.db import migrate
 
-    db = _database(settings)
-    try:
-        await migrate.upgrade(db)
-        async with db.write() as conn:
-            default = await environments.ensure_default(conn)
-            env = default if env_name == default.name else None
-            if env is None:
-                env = await environments.get_by_name(conn, env_name)
-            if env is None:
-                raise click.ClickException(
-                    f"no environment named {env_name!r} in {_where(settings)}; create it with "
-                    f"`{_prog()} env create {env_name}{_location_flags(settings)}`"
-                )
-            return await apikeys.create(conn, env.id, name)
-    finally:
-        await db.dispose()
+    async with _connection(settings, write=True) as conn:
+        default = await environments.ensure_default(conn)
+        env = default if env_name == default.name else None
+        if env is None:
+            env = await environments.get_by_name(conn, env_name)
+        if env is None:
+            raise click.ClickException(
+                f"no environment named {env_name!r} in {_where(settings)}; create it with "
+                f"`{_prog()} env create {env_name}{_location_flags(settings)}`"
+            )
+        return await apikeys.create(conn, env.id, name)
 
 
 @auth.command("keys")
@@ -281,15 +284,9 @@ def auth_keys(include_revoked: bool, data_dir: Path | None, config_file: Path | 
 
 async def _list_keys(settings: Settings, include_revoked: bool) -> Any:
     from agentplex.core import apikeys
-    from agentplex.db import migrate
 
-    db = _database(settings)
-    try:
-        await migrate.upgrade(db)
-        async with db.read() as conn:
-            return await apikeys.list_keys(conn, include_revoked=include_revoked)
-    finally:
-        await db.dispose()
+    async with _connection(settings, write=False) as conn:
+        return await apikeys.list_keys(conn, include_revoked=include_revoked)
 
 
 @auth.command("revoke")
@@ -310,15 +307,9 @@ def auth_revoke(key: str, data_dir: Path | None, config_file: Path | None) -> No
 
 async def _revoke(settings: Settings, key: str) -> Any:
     from agentplex.core import apikeys
-    from agentplex.db import migrate
 
-    db = _database(settings)
-    try:
-        await migrate.upgrade(db)
-        async with db.write() as conn:
-            return await apikeys.revoke(conn, key)
-    finally:
-        await db.dispose()
+    async with _connection(settings, write=True) as conn:
+        return await apikeys.revoke(conn, key)
 
 
 @main.group("env")
@@ -349,15 +340,9 @@ def env_create(name: str, data_dir: Path | None, config_file: Path | None) -> No
 
 async def _create_env(settings: Settings, name: str) -> Any:
     from agentplex.core import environments
-    from agentplex.db import migrate
 
-    db = _database(settings)
-    try:
-        await migrate.upgrade(db)
-        async with db.write() as conn:
-            return await environments.create(conn, name)
-    finally:
-        await db.dispose()
+    async with _connection(settings, write=True) as conn:
+        return await environments.create(conn, name)
 
 
 @env_group.command("list")
@@ -379,17 +364,11 @@ def env_list(data_dir: Path | None, config_file: Path | None) -> None:
 
 async def _list_envs(settings: Settings) -> Any:
     from agentplex.core import apikeys, environments
-    from agentplex.db import migrate
 
-    db = _database(settings)
-    try:
-        await migrate.upgrade(db)
-        async with db.write() as conn:
-            await environments.ensure_default(conn)
-            envs = await environments.list_all(conn)
-            keys = await apikeys.list_keys(conn, include_revoked=False)
-    finally:
-        await db.dispose()
+    async with _connection(settings, write=True) as conn:
+        await environments.ensure_default(conn)
+        envs = await environments.list_all(conn)
+        keys = await apikeys.list_keys(conn, include_revoked=False)
     counts: dict[str, int] = {}
     for key in keys:
         counts[key.env_id] = counts.get(key.env_id, 0) + 1
