@@ -1,4 +1,4 @@
-"""Table definitions. Queries live in ``db.records`` (sandboxes, templates) and, for the
+"""Table definitions. Queries live in ``db.records`` (sandboxes, templates, sessions) and, for the
 foundation's keys, environments and streams, in their core modules."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -120,4 +121,51 @@ templates = Table(
     Column("started_at", DateTime(timezone=True), nullable=True),
     Column("completed_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("env_id", "name", name="uq_templates_env_id_name"),
+)
+
+# Agent sessions. Times are epoch milliseconds (the unit of the session model and of OpenCode's
+# wire format), so they are stored as integers rather than converted back and forth.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("env_id", String(36), ForeignKey("environments.id", ondelete="CASCADE"), nullable=False),
+    Column("parent_id", String(64), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("user_id", String(200), nullable=True),
+    Column("title", Text, nullable=False),
+    Column("directory", Text, nullable=False),
+    Column("slug", String(100), nullable=False),
+    Column("project_id", String(100), nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Column("updated", BigInteger, nullable=False),
+    Column("last_activity", BigInteger, nullable=False),
+    Column("terminated", BigInteger, nullable=True),
+    Column("model_provider", String(100), nullable=True),
+    Column("model_id", String(200), nullable=True),
+    Column("sandbox_id", String(64), nullable=True),
+    Column("tokens", JSON, nullable=False),
+    Column("cost", Float, nullable=False),
+    Column("turn_count", Integer, nullable=False),
+    Column("metadata", JSON, nullable=False),
+    Column("permission", JSON, nullable=False),
+    Index("ix_sessions_env_id_status", "env_id", "status"),
+    Index("ix_sessions_env_id_created", "env_id", "created"),
+    Index("ix_sessions_parent_id", "parent_id"),
+)
+
+# One row per message; ``data`` holds the rest of the message, its parts (in order) included:
+# parts are always read and written with their message, and one row keeps the upsert atomic.
+session_messages = Table(
+    "session_messages",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("env_id", String(36), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Column("completed", BigInteger, nullable=True),
+    Column("data", JSON, nullable=False),
+    Index("ix_session_messages_session_id_created_id", "session_id", "created", "id"),
 )
