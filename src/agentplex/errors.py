@@ -137,3 +137,56 @@ class TemplateNotReady(Conflict):
     """The template is not built yet (or its build failed)."""
 
     code = "template_not_ready"
+
+
+class SessionNotFound(NotFound):
+    """Session not found."""
+
+    code = "session_not_found"
+
+
+class MessageNotFound(NotFound):
+    """Message not found."""
+
+    code = "message_not_found"
+
+
+class PermissionNotFound(NotFound):
+    """Permission request not found (it was answered already, or its turn ended)."""
+
+    code = "permission_not_found"
+
+
+class SessionTerminated(Conflict):
+    """The session is terminated: create a new one."""
+
+    code = "session_terminated"
+
+
+class ModelNotConfigured(AgentplexError):
+    """No model is configured. Set OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible
+    server), or ANTHROPIC_API_KEY, or install agentplex[local] for the embedded model; choose
+    one with AGENTPLEX_MODEL=provider:model."""
+
+    status = 400
+    code = "model_not_configured"
+
+
+class ModelProviderError(AgentplexError):
+    """The model provider failed."""
+
+    status = 502
+    code = "provider_error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retryable: bool = False,
+        status_code: int | None = None,
+        body: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status_code = status_code
+        self.body = body

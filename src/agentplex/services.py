@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -24,9 +25,11 @@ from agentplex.core.callbacks import Callbacks
 from agentplex.core.clock import utcnow
 from agentplex.core.health import HealthService
 from agentplex.core.logs import LogStore, configure_logging
-from agentplex.core.ports import SandboxBackend
+from agentplex.core.ports import ModelProvider, SandboxBackend
 from agentplex.core.sandbox_tokens import SandboxTokens
 from agentplex.core.sandboxes import SandboxService
+from agentplex.core.session_events import SessionEventLog
+from agentplex.core.sessions import SessionService
 from agentplex.core.streams import StreamStore
 from agentplex.core.templates import TemplateService
 from agentplex.db import migrate
@@ -55,6 +58,7 @@ class Services:
         sandboxes: SandboxService,
         callbacks: Callbacks,
         health: HealthService,
+        sessions: SessionService,
     ) -> None:
         self.settings = settings
         self.logs = logs
@@ -67,6 +71,7 @@ class Services:
         self.sandboxes = sandboxes
         self.callbacks = callbacks
         self.health = health
+        self.sessions = sessions
         self.version = __version__
         self.git_sha = _git_sha()
         self.started_at: datetime = utcnow()
@@ -101,6 +106,7 @@ class Services:
         self._log_isolation()
         await self.templates.start()
         await self.sandboxes.start()
+        await self.sessions.start()
         if self.settings.sandbox.enabled and self.settings.sandbox.warm_on_start:
             self._tasks.append(asyncio.create_task(self._open_sandboxes(), name="sandbox-open"))
         self.health.ready = True
@@ -132,6 +138,7 @@ class Services:
         """Stop every service, in the reverse order of `start`."""
         self.health.ready = False
         await self.callbacks.close()
+        await self.sessions.close()
         await self.sandboxes.close()
         await self.templates.close()
         with contextlib.suppress(Exception):
@@ -170,9 +177,27 @@ def sandbox_backend(settings: Settings) -> SandboxBackend:
     )
 
 
-def build_services(settings: Settings, backend: SandboxBackend | None = None) -> Services:
+def model_providers(settings: Settings) -> tuple[ModelProvider, ...]:
+    """The model providers the settings configure (and the scripted one, when asked for)."""
+    from agentplex.agent.providers import build_providers
+
+    providers = tuple(build_providers(settings.agent))
+    if settings.agent.scripted_model:
+        from agentplex.agent.scripted import ScriptedProvider
+
+        providers = (*providers, ScriptedProvider())
+    return providers
+
+
+def build_services(
+    settings: Settings,
+    backend: SandboxBackend | None = None,
+    providers: Sequence[ModelProvider] | None = None,
+) -> Services:
     """Every service, each given its collaborators; ``backend`` replaces the configured
-    sandbox adapter (tests pass the in-memory one)."""
+    sandbox adapter (tests pass the in-memory one), ``providers`` the configured models."""
+    from agentplex.agent.tools import SandboxTools
+
     db = Database(
         settings.database_url,
         pool_size=settings.database.pool_size,
@@ -183,6 +208,15 @@ def build_services(settings: Settings, backend: SandboxBackend | None = None) ->
     backend = backend if backend is not None else sandbox_backend(settings)
     tokens = SandboxTokens(db, settings.sandbox.token_ttl_seconds)
     templates = TemplateService(db, backend, settings.sandbox)
+    sandboxes = SandboxService(db, backend, templates, tokens, settings.sandbox)
+    sessions = SessionService(
+        db,
+        sandboxes,
+        settings.agent,
+        providers if providers is not None else model_providers(settings),
+        [SandboxTools(backend)],
+        SessionEventLog(settings.streams.session_ring_size),
+    )
     return Services(
         settings=settings,
         logs=LogStore(settings.log.store_size),
@@ -192,9 +226,10 @@ def build_services(settings: Settings, backend: SandboxBackend | None = None) ->
         auth=Authenticator(db, settings.auth, verifiers=[tokens]),
         sandbox_backend=backend,
         templates=templates,
-        sandboxes=SandboxService(db, backend, templates, tokens, settings.sandbox),
+        sandboxes=sandboxes,
         callbacks=Callbacks(allow_private=settings.sandbox.callback_allow_private),
         health=HealthService(db, bus, backend),
+        sessions=sessions,
     )
 
 

@@ -239,6 +239,15 @@ class StreamSettings(_Subsystem):
 
     ring_size: int = Field(1000, ge=1, description="Items kept per ephemeral (in-memory) stream.")
     keepalive_seconds: float = Field(15.0, gt=0, description="Interval of SSE keep-alive comments.")
+    session_ring_size: int = Field(
+        10000,
+        ge=100,
+        description="Session events kept per environment for clients that reconnect "
+        "(Last-Event-ID replays from these).",
+    )
+    heartbeat_seconds: float = Field(
+        10.0, gt=0, description="Interval of the session streams' server.heartbeat events."
+    )
 
 
 class LogSettings(_Subsystem):
@@ -306,6 +315,97 @@ class SandboxSettings(_Subsystem):
     )
 
 
+Permission = Literal["allow", "ask", "deny"]
+
+
+class AgentSettings(_Subsystem):
+    """The built-in agent: its model, its limits and its tools' permissions (PRX's names)."""
+
+    table: ClassVar[str] = "agent"
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTPLEX_AGENT_", extra="ignore", populate_by_name=True
+    )
+
+    model: str | None = Field(
+        None,
+        validation_alias=AliasChoices("AGENTPLEX_MODEL", "AGENTPLEX_AGENT_MODEL", "model"),
+        description="Default model as provider:model (openai:gpt-4o-mini, "
+        "anthropic:claude-sonnet-4-5) or `local` (the embedded SmolLM2, extra agentplex[local]). "
+        "Unset: the first configured provider's first model.",
+    )
+    openai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"),
+        description="Key of the OpenAI-compatible Chat Completions provider (OPENAI_API_KEY).",
+    )
+    openai_base_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"),
+        description="Base URL of an OpenAI-compatible server (OPENAI_BASE_URL): vLLM, Ollama, "
+        "llama.cpp server, ... Set alone (no key) it still enables the provider.",
+    )
+    openai_models: list[str] = Field(
+        default_factory=lambda: ["gpt-4o-mini", "gpt-4o"],
+        description="Models listed for the openai provider.",
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("ANTHROPIC_API_KEY", "anthropic_api_key"),
+        description="Key of the Anthropic Messages provider (ANTHROPIC_API_KEY).",
+    )
+    anthropic_models: list[str] = Field(
+        default_factory=lambda: ["claude-sonnet-4-5", "claude-haiku-4-5"],
+        description="Models listed for the anthropic provider.",
+    )
+    scripted_model: bool = Field(
+        False,
+        description="Offer the deterministic scripted model `scripted:scripted-model` (tests "
+        "and benchmarks).",
+    )
+    local_model: bool = Field(
+        True,
+        description="Offer the embedded SmolLM2-135M-Instruct model when agentplex[local] is "
+        "installed.",
+    )
+    max_turns: int = Field(
+        20, ge=1, description="Model steps one prompt may take before its turn ends with a note."
+    )
+    max_tool_calls_per_turn: int = Field(
+        50, ge=0, description="Tool calls one prompt may make before its turn ends with a note."
+    )
+    session_timeout_secs: int = Field(
+        86400,
+        ge=1,
+        description="A session quiet for this long is terminated and its sandbox reclaimed.",
+    )
+    idle_after_secs: int = Field(
+        300, ge=1, description="A session quiet for this long goes from active to idle (PRX)."
+    )
+    max_retries: int = Field(
+        3, ge=0, description="Retries of a model call that failed in a way worth retrying."
+    )
+    retry_backoff_secs: float = Field(
+        1.0, ge=0, description="First retry delay; each further retry waits twice as long."
+    )
+    model_timeout_secs: float = Field(
+        300.0, gt=0, description="A model call that sends nothing for this long fails."
+    )
+    tool_timeout_secs: float = Field(
+        120.0, gt=0, description="Default time limit of one tool call."
+    )
+    template: str = Field("python", description="Template of a session's sandbox.")
+    permissions: dict[str, Permission] = Field(
+        default_factory=dict,
+        description="Per tool: allow, ask or deny (OpenCode's `permission`); `*` sets the "
+        "default, which is allow.",
+    )
+    system_prompt: str = Field(
+        "You are a helpful assistant running in agentplex. You can run shell commands and "
+        "Python, and read and write files, in this session's own sandbox.",
+        description="The agent's system prompt; a prompt's `system` is added to it.",
+    )
+
+
 class Settings(BaseModel):
     """The whole configuration."""
 
@@ -317,6 +417,7 @@ class Settings(BaseModel):
     streams: StreamSettings
     log: LogSettings
     sandbox: SandboxSettings
+    agent: AgentSettings
 
     @property
     def database_url(self) -> str:
@@ -358,6 +459,7 @@ _SUBSYSTEMS: dict[str, type[_Subsystem]] = {
     "streams": StreamSettings,
     "log": LogSettings,
     "sandbox": SandboxSettings,
+    "agent": AgentSettings,
 }
 
 

@@ -16,7 +16,7 @@ agent's tools and the run engine) use the same protocol.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
@@ -211,3 +211,212 @@ class SandboxBackend(abc.ABC):
         self, sandbox_id: str, path: str, *, headers: Mapping[str, str] | None = None
     ) -> AbstractAsyncContextManager[DataPlaneSocket]:
         """A WebSocket to the sandbox's data plane at ``path`` (with its query string)."""
+
+
+# --- the model boundary ----------------------------------------------------------------------
+#
+# The built-in agent talks to language models through `ModelProvider`. Adapters: the
+# pydantic-ai one (OpenAI-compatible Chat Completions, Anthropic Messages), the embedded local
+# model (llama-cpp-python), and the scripted one that drives tests (`agentplex.agent.scripted`).
+# A provider streams one model *step*: text, reasoning and tool calls as they arrive, then the
+# usage and why the step ended. It raises `ModelProviderError` (errors.py), marked retryable
+# when trying again may help (HTTP 408/429/5xx, a dropped connection).
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A model a provider offers. Costs are USD per million tokens; limits are tokens."""
+
+    id: str
+    name: str
+    context: int = 0
+    output: int = 0
+    reasoning: bool = False
+    tool_call: bool = True
+    cost_input: float = 0.0
+    cost_output: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool as the model sees it: ``parameters`` is a JSON Schema object."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool call the model made (``arguments`` already parsed from its JSON)."""
+
+    call_id: str
+    name: str
+    arguments: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One entry of the history sent to a model.
+
+    ``user``: ``text``. ``assistant``: ``text``, ``reasoning`` and ``tool_calls``. ``tool``: the
+    result of the call ``call_id`` of tool ``tool_name`` in ``text`` (``is_error`` when it
+    failed).
+    """
+
+    role: Literal["user", "assistant", "tool"]
+    text: str = ""
+    reasoning: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    call_id: str = ""
+    tool_name: str = ""
+    is_error: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """One model step: the system prompt, the history, the tools offered."""
+
+    model_id: str
+    system: str
+    messages: tuple[ChatMessage, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    max_output_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """More of the answer's text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """More of the model's reasoning (providers that return it)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallStarted:
+    """The model began a tool call; its arguments follow as `ToolCallDelta`."""
+
+    call_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a tool call's JSON arguments, as it arrived."""
+
+    call_id: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallReady:
+    """A tool call whose arguments are complete."""
+
+    call: ToolCall
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens of one model step (sent once, at its end)."""
+
+    input: int = 0
+    output: int = 0
+    reasoning: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StepFinished:
+    """The step ended: ``stop`` (answered), ``tool-calls`` (wants tool results), ``length``."""
+
+    reason: Literal["stop", "tool-calls", "length", "other"]
+    usage: Usage = field(default_factory=Usage)
+
+
+ModelEvent = (
+    TextDelta | ReasoningDelta | ToolCallStarted | ToolCallDelta | ToolCallReady | StepFinished
+)
+
+
+class ModelProvider(abc.ABC):
+    """A source of language models (OpenCode's "provider")."""
+
+    id: str
+    """The provider's id (OpenCode ``providerID``): ``openai``, ``anthropic``, ``local``, ..."""
+    name: str
+    """Its display name."""
+    env: tuple[str, ...] = ()
+    """Environment variables that configure it (shown by ``/config/providers``; never values)."""
+
+    @abc.abstractmethod
+    def models(self) -> tuple[ModelInfo, ...]:
+        """The models it offers, the default first."""
+
+    @abc.abstractmethod
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        """Run one step, yielding its events as they arrive and `StepFinished` last.
+
+        Raises `ModelProviderError` (``retryable`` when trying again may help). Cancelling the
+        iteration cancels the call to the model.
+        """
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+# --- the tool boundary -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """What a tool call returned: ``output`` goes back to the model; ``error`` set means it
+    failed (the model sees the error text instead); ``title`` and ``metadata`` are shown."""
+
+    output: str = ""
+    title: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    """Where a tool call runs.
+
+    ``sandbox`` returns the session's sandbox id, creating the sandbox on first use;
+    ``progress`` publishes output produced so far (shown as the running tool's
+    ``metadata.output``). Cancelling the call (abort, delete) must stop what it started.
+    """
+
+    env_id: str
+    session_id: str
+    message_id: str
+    call_id: str
+    sandbox: Callable[[], Awaitable[str]]
+    progress: Callable[[str], Awaitable[None]]
+    timeout: float = 120.0
+
+
+class ToolSource(abc.ABC):
+    """A set of tools the agent can call: the sandbox tools now; MCP servers, WASM plugins and
+    skills later."""
+
+    @abc.abstractmethod
+    def specs(self) -> tuple[ToolSpec, ...]:
+        """The tools, as offered to the model."""
+
+    @abc.abstractmethod
+    async def call(self, ctx: ToolContext, name: str, arguments: Mapping[str, Any]) -> ToolResult:
+        """Run tool ``name``. A failure the model should see is a `ToolResult` with ``error``;
+        bad arguments too (never an exception for something the model sent)."""
+
+    def pattern(self, name: str, arguments: Mapping[str, Any]) -> str:
+        """What a permission for this call is about (the command for ``bash``, the path for a
+        file tool); ``*`` by default."""
+        return "*"

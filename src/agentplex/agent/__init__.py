@@ -1,0 +1,1 @@
+"""The built-in agent: its turn loop, model providers and tools."""
