@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from agentplex import __version__
-from agentplex.api import hopx, hot, par, prx
+from agentplex.api import hopx, hot, opencode, par, prx
 from agentplex.api.common import errors, health, openapi
 from agentplex.api.common.gateway import Gateway
 from agentplex.api.common.metrics import Metrics
@@ -39,6 +39,7 @@ _MOUNTS: list[tuple[str, RouteTable, bool]] = [
     ("", par.routes, True),
     ("", hopx.routes, True),
     ("", hot.routes, True),
+    ("", opencode.routes, True),
 ]
 
 

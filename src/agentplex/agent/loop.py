@@ -169,8 +169,9 @@ async def run_turn(turn: Turn, host: TurnHost, limits: TurnLimits) -> Message:
                 rejected = await _run_tool(turn, host, limits, message, part, call, owner)
                 stop = stop or rejected
         except asyncio.CancelledError:
-            await _close_aborted(turn, host, message, closed=True)
+            await _close_aborted(turn, host, message)
             raise
+        _finish_step(host, message)
         await _complete(turn, host, message)
         turn.history.append(message)
         if stop:
@@ -416,14 +417,7 @@ async def _model_step(
         await _complete(turn, host, message)
         return []
     message.finish = reason
-    # OpenCode closes the step (step-finish, finish "tool-calls") before the tools' results
-    # come: the message is done when its tools are.
-    _add_part(
-        host,
-        message,
-        "step-finish",
-        {"reason": reason, "cost": cost, "tokens": step_tokens.to_json(with_total=True)},
-    )
+    # the step-finish part comes once the tools ran (as in OpenCode): see `_finish_step`
     return streamer.ready
 
 
@@ -460,6 +454,16 @@ async def _consume(
             await stream.aclose()  # type: ignore[attr-defined]
 
 
+def _finish_step(host: TurnHost, message: Message) -> None:
+    """The step-finish part of a step whose tools have run."""
+    data = {
+        "reason": message.finish or "tool-calls",
+        "cost": message.cost,
+        "tokens": message.tokens.to_json(with_total=True),
+    }
+    _add_part(host, message, "step-finish", data)
+
+
 def _api_error(exc: ModelProviderError) -> dict[str, Any]:
     data: dict[str, Any] = {"message": exc.message, "isRetryable": exc.retryable}
     if exc.status_code is not None:
@@ -489,12 +493,12 @@ async def _complete(turn: Turn, host: TurnHost, message: Message) -> None:
     await host.save(message)
 
 
-async def _close_aborted(
-    turn: Turn, host: TurnHost, message: Message, *, closed: bool = False
-) -> None:
+async def _close_aborted(turn: Turn, host: TurnHost, message: Message) -> None:
     """Close what was open when the turn was cancelled, and store it (shielded: the store
-    must finish even though the task is being cancelled)."""
+    must finish even though the task is being cancelled). The order is OpenCode's:
+    ``session.error`` first, then the closed parts, then the message."""
     end = now_ms()
+    host.emit("session.error", turn.session.id, error=dict(ABORTED))
     for part in message.parts:
         if part.type in ("text", "reasoning") and "end" not in part.data.get("time", {}):
             part.data.setdefault("time", {})["end"] = end
@@ -508,12 +512,10 @@ async def _close_aborted(
                 "time": {"start": state.get("time", {}).get("start", end), "end": end},
             }
             host.emit("message.part.updated", part.session_id, part=part.snapshot())
-    if not closed or message.completed is None:
-        message.finish = None
+    message.finish = None  # an aborted step has no finish reason
     message.error = dict(ABORTED)
     message.completed = end
     host.emit("message.updated", turn.session.id, message=message.snapshot())
-    host.emit("session.error", turn.session.id, error=dict(ABORTED))
     await asyncio.shield(host.save(message))
 
 

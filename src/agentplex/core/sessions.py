@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from agentplex.agent.loop import Turn, TurnLimits, run_turn
+from agentplex.agent.loop import ABORTED, Turn, TurnLimits, run_turn
 from agentplex.agent.providers import resolve_model
 from agentplex.core.ports import ModelInfo, ModelProvider, ToolSource
 from agentplex.core.session_events import SessionEventLog
@@ -119,6 +119,7 @@ class _Queued:
     user: Message
     prompt: Prompt
     done: asyncio.Future[Message]
+    seq: int = 0
 
 
 @dataclass(slots=True)
@@ -131,6 +132,11 @@ class _Runner:
     turn: asyncio.Task[Message] | None = None
     history: list[Message] | None = None
     approved: set[tuple[str, str]] = field(default_factory=set)
+    # prompts numbered as they arrive; an abort ends every prompt up to `abort_upto`, those
+    # still being stored included (`enqueuing` keeps the runner alive for them)
+    started: int = 0
+    abort_upto: int = 0
+    enqueuing: int = 0
 
 
 @dataclass(slots=True)
@@ -247,6 +253,8 @@ class SessionService:
         return session
 
     async def _find(self, env_id: str, session_id: str) -> Session | None:
+        if "\x00" in session_id or len(session_id) > 256:
+            return None  # no such id can exist (and PostgreSQL text refuses NUL)
         session = self._sessions.get(session_id)
         if session is not None:
             return session if session.env_id == env_id else None
@@ -430,6 +438,20 @@ class SessionService:
         _check_prompt(prompt)
         if prompt.model is not None:
             self._resolve(prompt.model)
+        runner = self._runners.get(session.id)
+        if runner is None:
+            runner = self._runners[session.id] = _Runner(session)
+        runner.started += 1
+        seq = runner.started
+        runner.enqueuing += 1
+        try:
+            return await self._store_prompt(runner, seq, prompt)
+        finally:
+            runner.enqueuing -= 1
+
+    async def _store_prompt(self, runner: _Runner, seq: int, prompt: Prompt) -> _Queued | Message:
+        session = runner.session
+        env_id = session.env_id
         now = now_ms()
         user = Message(
             id=prompt.message_id or new_id("msg"),
@@ -451,9 +473,6 @@ class SessionService:
                 if p.filename is not None:
                     data["filename"] = p.filename
             user.parts.append(Part(new_id("prt"), session.id, user.id, p.type, data))
-        runner = self._runners.get(session.id)
-        if runner is None:
-            runner = self._runners[session.id] = _Runner(session)
         if runner.history is None:
             async with self._db.read() as conn:
                 runner.history = await store.list_messages(conn, session.id)
@@ -465,13 +484,16 @@ class SessionService:
         session.last_activity = now
         if session.status == "idle":
             session.status = "active"
+        if session.model is None and user.model is not None:
+            # OpenCode shows a session's model once it was first prompted
+            session.model = user.model
         self.events.append(env_id, "message.updated", session.id, message=user.snapshot())
         for part in user.parts:
             self.events.append(env_id, "message.part.updated", session.id, part=part.snapshot())
         if prompt.no_reply:
             return user
         done: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        queued = _Queued(user, prompt, done)
+        queued = _Queued(user, prompt, done, seq)
         runner.queue.append(queued)
         if runner.task is None or runner.task.done():
             self._set_status(env_id, session.id, {"type": "busy"})
@@ -486,7 +508,11 @@ class SessionService:
         try:
             while runner.queue:
                 queued = runner.queue[0]
-                runner.turn = asyncio.create_task(self._turn(runner, queued))
+                if queued.seq <= runner.abort_upto:
+                    # aborted before its turn began: answer it as aborted, without the model
+                    runner.turn = asyncio.create_task(self._fail_turn(runner, queued.user, None))
+                else:
+                    runner.turn = asyncio.create_task(self._turn(runner, queued))
                 result: Message | BaseException
                 try:
                     result = await asyncio.shield(runner.turn)
@@ -497,7 +523,7 @@ class SessionService:
                         with contextlib.suppress(asyncio.CancelledError, Exception):
                             await runner.turn
                         raise
-                    result = _aborted_result(runner, queued)
+                    result = await self._aborted_result(runner, queued)
                 except Exception as exc:
                     log.exception("turn of session %s failed", session.id)
                     result = exc
@@ -524,7 +550,11 @@ class SessionService:
                 if not queued.done.done():
                     queued.done.cancel()
             runner.queue.clear()
-            if self._runners.get(session.id) is runner and runner.task is asyncio.current_task():
+            if (
+                self._runners.get(session.id) is runner
+                and runner.task is asyncio.current_task()
+                and runner.enqueuing == 0
+            ):
                 del self._runners[session.id]
 
     async def _turn(self, runner: _Runner, queued: _Queued) -> Message:
@@ -560,8 +590,17 @@ class SessionService:
                 history.append(m)
         return last
 
-    async def _fail_turn(self, runner: _Runner, user: Message, exc: AgentplexError) -> Message:
+    async def _fail_turn(
+        self, runner: _Runner, user: Message, exc: AgentplexError | None
+    ) -> Message:
+        """An assistant message answering ``user`` with an error and no parts: no model
+        (``exc``), or a turn aborted before it began (``exc`` None)."""
         session = runner.session
+        error = (
+            dict(ABORTED)
+            if exc is None
+            else {"name": "ProviderModelNotFoundError", "data": {"message": exc.message}}
+        )
         now = now_ms()
         message = Message(
             id=new_id("msg"),
@@ -572,8 +611,10 @@ class SessionService:
             parent_id=user.id,
             model=user.model,
             agent=user.agent,
-            error={"name": "ProviderModelNotFoundError", "data": {"message": exc.message}},
+            error=error,
         )
+        if exc is None:
+            self.events.append(session.env_id, "session.error", session.id, error=error)
         async with self._db.write() as conn:
             await store.save_message(conn, message)
         if runner.history is not None:
@@ -581,8 +622,17 @@ class SessionService:
         self.events.append(
             session.env_id, "message.updated", session.id, message=message.snapshot()
         )
-        self.events.append(session.env_id, "session.error", session.id, error=message.error)
+        if exc is not None:
+            self.events.append(session.env_id, "session.error", session.id, error=error)
         return message
+
+    async def _aborted_result(self, runner: _Runner, queued: _Queued) -> Message:
+        """What a prompt whose turn was aborted gets: the turn's last (aborted) message, or
+        one made now when the turn was cancelled before it began."""
+        for message in reversed(runner.history or []):
+            if message.role == "assistant" and message.parent_id == queued.user.id:
+                return message
+        return await self._fail_turn(runner, queued.user, None)
 
     async def abort(self, env_id: str, session_id: str) -> bool:
         """End the running turn (and drop the queued ones) within a second; True always, as
@@ -610,6 +660,7 @@ class SessionService:
         for request in list(self._permissions.values()):
             if request.session_id == runner.session.id and not request.answer.done():
                 request.answer.cancel()
+        runner.abort_upto = runner.started
         if runner.turn is not None and not runner.turn.done():
             runner.turn.cancel()
 
@@ -973,6 +1024,10 @@ class _Host:
 
 
 def _check_prompt(prompt: Prompt) -> None:
+    if any("\x00" in p.text or "\x00" in p.url for p in prompt.parts) or "\x00" in (
+        prompt.system or ""
+    ):
+        raise BadRequest("The prompt must not contain NUL characters")
     if not prompt.parts:
         raise BadRequest("The prompt has no parts: send at least one text part")
     for part in prompt.parts:
@@ -1016,14 +1071,6 @@ def _settle(queued: _Queued, result: Message | BaseException) -> None:
         queued.done.set_exception(result)
     else:
         queued.done.set_result(result)
-
-
-def _aborted_result(runner: _Runner, queued: _Queued) -> Message | BaseException:
-    """What a prompt whose turn was aborted gets: the turn's last (aborted) message."""
-    for message in reversed(runner.history or []):
-        if message.role == "assistant" and message.parent_id == queued.user.id:
-            return message
-    return SessionTerminated("The turn was aborted before the model answered")
 
 
 def _with_running(runner: _Runner) -> list[Message]:

@@ -34,7 +34,7 @@ BAD_REQUEST = {
     "/v1/echo": lambda b: b["error"]["code"] == "bad_request",
     "/api/v1/echo": lambda b: b["error"]["code"] == "bad_request",
     "/agents/echo": lambda b: b["error"]["code"] == "INVALID_REQUEST",
-    "/session/echo": lambda b: b["name"] == "BadRequestError",
+    "/session/echo": lambda b: b["name"] == "BadRequest" and b["data"]["kind"] == "Payload",
     "/v1/sandboxes/echo": lambda b: b["code"] == "INVALID_REQUEST",
 }
 

@@ -457,3 +457,19 @@ async def test_sessions_go_idle_when_quiet_then_terminate(make: Callable[..., Ha
         assert (await h.service.get(h.env, session.id)).status == "terminated"
     finally:
         await h.service.close()
+
+
+async def test_abort_right_after_the_prompt_still_aborts_its_turn(h: Harness) -> None:
+    session = await h.service.create(h.env)
+    turn = asyncio.create_task(h.service.prompt(h.env, session.id, text("SLOW")))
+    await asyncio.sleep(0)  # the prompt is queued; its turn has not begun
+    for _ in range(50):
+        if h.service.status(h.env):
+            break
+        await asyncio.sleep(0)
+    started = time.monotonic()
+    await h.service.abort(h.env, session.id)
+    answer = await asyncio.wait_for(turn, 2)
+    assert time.monotonic() - started < 1.0
+    assert answer.error is not None and answer.error["name"] == "MessageAbortedError"
+    assert h.service.status(h.env) == {}

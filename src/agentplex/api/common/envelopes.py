@@ -11,9 +11,13 @@ from agentplex.core.clock import iso, utcnow
 _HOT_CODES = {"rate_limited": "rate_limit_exceeded", "internal_error": "internal_server_error"}
 _UPPER_CODES = {"bad_request": "INVALID_REQUEST"}
 _OPENCODE_NAMES = {
-    "bad_request": "BadRequestError",
+    "bad_request": "BadRequest",
     "unauthorized": "UnauthorizedError",
     "not_found": "NotFoundError",
+    "session_not_found": "NotFoundError",
+    "message_not_found": "NotFoundError",
+    "permission_not_found": "NotFoundError",
+    "internal_error": "UnknownError",
 }
 
 
@@ -47,10 +51,22 @@ def _meta(request_id: str) -> dict[str, Any]:
     return {"request_id": request_id, "timestamp": iso(utcnow())}
 
 
+# PRX's page has one code per status (not_found, conflict, ...): its clients switch on those
+_PRX_CODES = {
+    "session_not_found": "not_found",
+    "message_not_found": "not_found",
+    "permission_not_found": "not_found",
+    "session_terminated": "conflict",
+    "model_not_configured": "bad_request",
+}
+
+
 def surface_code(surface: Surface, code: str) -> str:
     """A domain error code as ``surface`` spells it."""
     if surface is Surface.HOT:
         return _HOT_CODES.get(code, code)
+    if surface is Surface.PRX:
+        return _PRX_CODES.get(code, code)
     if surface in (Surface.PAR, Surface.HOPX, Surface.HOPX_DATA):
         return _UPPER_CODES.get(code, code.upper())
     return code
@@ -97,7 +113,10 @@ def error_body(
         return body
     if surface is Surface.OPENCODE:
         name = _OPENCODE_NAMES.get(code, "".join(p.title() for p in code.split("_")) + "Error")
-        data: dict[str, Any] = {"message": message, "code": code}
+        # OpenCode's errors carry only a message (and `kind` for payload errors)
+        data: dict[str, Any] = {"message": message}
+        if code == "bad_request":
+            data["kind"] = "Payload"  # OpenCode's schema failures: the JS SDK reads data.message
         if details is not None:
             data["details"] = details
         return {"name": name, "data": data}

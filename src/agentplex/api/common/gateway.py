@@ -8,6 +8,7 @@ import os
 import re
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -136,13 +137,13 @@ class Gateway:
         return None
 
     async def _principal(
-        self, scope: Scope, headers: list[tuple[bytes, bytes]]
+        self, scope: Scope, headers: list[tuple[bytes, bytes]], fallback: str = ""
     ) -> Principal | None:
         if not await self.auth.required():
             client = scope.get("client")
             host = client[0] if client else "local"
             return Principal(self.auth.anonymous.env_id, "anonymous", None, "ip:" + host)
-        return await self.auth.authenticate(credential_from(headers))
+        return await self.auth.authenticate(credential_from(headers) or fallback)
 
     def _too_large(self, path: str, request_id: str) -> Any:
         return error_response(
@@ -171,7 +172,8 @@ class Gateway:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope.setdefault("state", {})["request_id"] = _request_id(scope["headers"])
-        principal = await self._principal(scope, scope["headers"])
+        # browsers cannot set headers on a WebSocket: a `token` query parameter stands in
+        principal = await self._principal(scope, scope["headers"], _query_token(scope))
         if principal is None or (
             principal.sandbox_id is not None and not is_data_plane(scope["path"])
         ):
@@ -184,6 +186,14 @@ class Gateway:
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _query_token(scope: Scope) -> str:
+    """The ``token`` query parameter of a WebSocket handshake, or an empty string."""
+    query: bytes = scope.get("query_string", b"")
+    if b"token=" not in query:
+        return ""
+    return parse_qs(query.decode("latin-1")).get("token", [""])[0].strip()
 
 
 def _refusal(path: str, principal: Principal | None) -> Unauthorized:

@@ -1,11 +1,12 @@
 """Server-sent events, shared by every surface: replay from a cursor, then follow live, with
-keep-alive comments, ending cleanly when the client goes away or the server stops."""
+keep-alive comments (or, for clients that choke on comments, data heartbeats), ending cleanly
+when the client goes away or the server stops."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,25 +42,45 @@ def resume_cursor(request: Request, param: str = "after") -> int:
     return cursor
 
 
-def sse_response(events: AsyncIterator[Event], *, keepalive: float) -> EventSourceResponse:
+def sse_response(
+    events: AsyncIterator[Event] | AsyncIterator[Event | bytes],
+    *,
+    keepalive: float,
+    heartbeat: Callable[[], bytes] | None = None,
+) -> EventSourceResponse:
     """Stream ``events`` as ``text/event-stream``. On server shutdown the stream ends cleanly,
-    so the client sees a complete response and reconnects with its Last-Event-ID."""
+    so the client sees a complete response and reconnects with its Last-Event-ID.
+
+    Items that are ``bytes`` are complete frames, sent as they are (a surface that caches its
+    encoding). With ``heartbeat``, an idle stream sends ``heartbeat()`` (a complete frame)
+    every ``keepalive`` seconds instead of comment lines."""
     shutdown = anyio.Event()
 
-    async def frames() -> AsyncIterator[ServerSentEvent]:
+    async def frames() -> AsyncIterator[ServerSentEvent | bytes]:
         iterator = aiter(events)
-        stop = asyncio.ensure_future(shutdown.wait())
+        stop: asyncio.Future[Any] = asyncio.ensure_future(shutdown.wait())
+        following: asyncio.Future[Any] | None = None
+        idle = keepalive if heartbeat is not None else None
         try:
             while True:
-                following = asyncio.ensure_future(anext(iterator))
-                await asyncio.wait({following, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if following is None:
+                    following = asyncio.ensure_future(anext(iterator))
+                done, _ = await asyncio.wait(
+                    {following, stop}, timeout=idle, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done and heartbeat is not None:
+                    yield heartbeat()  # the pending read goes on: nothing is lost
+                    continue
                 if not following.done():
-                    following.cancel()
                     return
                 try:
                     event = following.result()
                 except StopAsyncIteration:
                     return
+                following = None
+                if isinstance(event, bytes):
+                    yield event
+                    continue
                 yield ServerSentEvent(
                     data=event.data if isinstance(event.data, str) else json.dumps(event.data),
                     id=None if event.id is None else str(event.id),
@@ -67,10 +88,12 @@ def sse_response(events: AsyncIterator[Event], *, keepalive: float) -> EventSour
                 )
         finally:
             stop.cancel()
+            if following is not None and not following.done():
+                following.cancel()
 
     return EventSourceResponse(
         frames(),
-        ping=keepalive,
+        ping=0 if heartbeat is not None else keepalive,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         shutdown_event=shutdown,
         shutdown_grace_period=1.0,

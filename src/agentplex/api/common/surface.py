@@ -25,6 +25,8 @@ _BY_FIRST_SEGMENT = {
     "event": Surface.OPENCODE,
     "global": Surface.OPENCODE,
     "config": Surface.OPENCODE,
+    "provider": Surface.OPENCODE,
+    "file": Surface.OPENCODE,
     "ws": Surface.OPENCODE,
     # the Hopx data plane: /sandboxes/{id}/... and, for WebSockets, the root of the host
     "sandboxes": Surface.HOPX_DATA,
@@ -46,6 +48,8 @@ def surface_for(path: str) -> Surface:
         return Surface.HOPX if len(parts) > 2 and parts[2] in _HOPX_CONTROL else Surface.HOT
     if first == "metrics" and len(parts) > 2 and parts[2] == "snapshot":
         return Surface.HOPX_DATA
+    if path == "/agent":  # OpenCode's agent list; PAR owns /agent/... and /agents
+        return Surface.OPENCODE
     return _BY_FIRST_SEGMENT.get(first, Surface.SHARED)
 
 

@@ -70,7 +70,7 @@ def test_error_envelopes_follow_each_reference() -> None:
     opencode = error_body(Surface.OPENCODE, code="not_found", message="no session", request_id="r")
     assert opencode == {
         "name": "NotFoundError",
-        "data": {"message": "no session", "code": "not_found"},
+        "data": {"message": "no session"},
     }
 
 
