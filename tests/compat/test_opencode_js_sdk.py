@@ -1,0 +1,235 @@
+"""The official OpenCode JavaScript SDK `@opencode-ai/sdk` (v1 entry), unchanged, against agentplex.
+
+`js/opencode_sdk.mjs` drives the SDK as its README shows (`createOpencodeClient({baseUrl,
+headers})` with agentplex's API key as a bearer token) and writes every step's outcome as JSON;
+the tests assert what a user of each step would notice. agentplex's model is the scripted fake
+OpenAI-compatible server on loopback (`fixtures/opencode/fake_openai.py`), reached through
+agentplex's OpenAI provider (`OPENAI_BASE_URL`): the real provider path, end to end. The SDK is
+installed by `scripts/install --test` (`npm ci` in tests/compat/js).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentplex.settings import load_settings
+from tests.compat.conftest import API_KEY
+from tests.compat.opencode_reference import HELLO, TOOL_ANSWER, TOOL_OUTPUT, fake_model
+from tests.compat.test_hopx_js_sdk import _database
+from tests.conftest import BACKENDS, LiveServer
+
+JS_DIR = Path(__file__).parent / "js"
+SDK_PACKAGE = JS_DIR / "node_modules" / "@opencode-ai" / "sdk" / "package.json"
+SCRIPT_TIMEOUT = 300
+pytestmark = pytest.mark.timeout(SCRIPT_TIMEOUT + 120)
+
+Result = dict[str, Any]
+
+
+def node() -> str:
+    """The node binary, or a failure saying what is missing (never a silent skip)."""
+    binary = shutil.which("node")
+    if binary is None:
+        pytest.fail(
+            "Node.js is not installed, so the OpenCode JS SDK cannot be tested: install node "
+            "(>= 18) and npm, then run scripts/install --test"
+        )
+    if not SDK_PACKAGE.exists():
+        pytest.fail(
+            f"@opencode-ai/sdk is not installed in {JS_DIR}: run scripts/install --test "
+            "(it runs `npm ci` there)"
+        )
+    return binary
+
+
+def run_script(url: str, out: Path, secret: str) -> Result:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "OPENCODE_BASE_URL": url,
+        "OPENCODE_API_KEY": API_KEY,
+        "OPENCODE_RESULT_FILE": str(out),
+        "OPENCODE_SECRET": secret,
+    }
+    try:
+        done = subprocess.run(
+            [node(), str(JS_DIR / "opencode_sdk.mjs")],
+            env=env,
+            cwd=JS_DIR,
+            capture_output=True,
+            text=True,
+            timeout=SCRIPT_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired as exc:
+        partial = json.loads(out.read_text())["steps"] if out.exists() else {}
+        last = list(partial)[-1:] or ["(none)"]
+        raise AssertionError(
+            f"opencode_sdk.mjs did not finish in {SCRIPT_TIMEOUT}s; last step {last[0]}: "
+            f"{json.dumps(partial.get(last[0]))}\nstderr:\n{exc.stderr!r}"
+        ) from None
+    assert done.returncode == 0 and out.exists(), (
+        f"opencode_sdk.mjs exited {done.returncode}\nstdout:\n{done.stdout[-4000:]}\n"
+        f"stderr:\n{done.stderr[-4000:]}"
+    )
+    result: Result = json.loads(out.read_text())
+    return result
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def js(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Result]:
+    """The script's result against agentplex (auth on) with the fake model, per backend."""
+    node()
+    tmp = tmp_path_factory.mktemp("opencode-js")
+    secret = "sk-compat-" + secrets.token_hex(8)  # the model key agentplex holds
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        _database(request.param, tmp) as url,
+        fake_model() as model_url,
+    ):
+        for name in list(os.environ):  # a developer's own settings must not leak in
+            if name.startswith(("AGENTPLEX_", "OPENAI_", "ANTHROPIC_")):
+                mp.delenv(name)
+        mp.setenv("OPENAI_BASE_URL", model_url)
+        mp.setenv("OPENAI_API_KEY", secret)
+        mp.setenv("AGENTPLEX_MODEL", "openai:fake-model")
+        settings = load_settings(
+            None,
+            {
+                "server": {"data_dir": tmp / "data"},
+                "database": {"url": url},
+                "sandbox": {"pool_size": 1, "warm_on_start": True},
+                "auth": {"api_key": API_KEY},
+            },
+        )
+        with LiveServer(settings) as server:
+            result = run_script(server.url, tmp / "result.json", secret)
+            result["secret"] = secret
+            yield result
+
+
+def ok(js: Result, name: str) -> Any:
+    step = js["steps"].get(name)
+    assert step is not None, f"step {name!r} did not run (an earlier step stopped the script)"
+    assert step["ok"], f"{name} failed: {step['error']}"
+    return step["value"]
+
+
+def texts(parts: list[dict[str, Any]]) -> list[str]:
+    return [p["text"] for p in parts if p["type"] == "text"]
+
+
+def test_session_crud(js: Result) -> None:
+    created = ok(js, "create")
+    sid = created["id"]
+    assert sid.startswith("ses_") and created["title"] == "js sdk"
+    assert created["time"]["created"] > 0 and created["directory"]
+    assert sid in ok(js, "list")
+    assert ok(js, "get")["id"] == sid
+    assert ok(js, "update")["title"] == "renamed by js"
+    assert ok(js, "get_after_update") == "renamed by js"
+    events = ok(js, "session_events")
+    assert events[:1] == ["session.created"] and "session.updated" in events
+
+
+def test_prompt_answers_info_and_parts(js: Result) -> None:
+    answer = ok(js, "prompt")
+    info = answer["info"]
+    assert info["role"] == "assistant" and info["sessionID"] == js["sessionId"]
+    assert info["finish"] == "stop" and info["time"]["completed"] >= info["time"]["created"]
+    assert texts(answer["parts"]) == [HELLO]
+    assert next(p["type"] for p in answer["parts"]) == "step-start"
+    assert answer["parts"][-1]["type"] == "step-finish"
+
+
+def test_prompt_async_streams_the_turn(js: Result) -> None:
+    turn = ok(js, "prompt_async")
+    assert turn["status"] == 204
+    types = turn["types"]
+    assert types[-1] == "session.idle", types
+    for kind in ("message.updated", "message.part.updated", "session.status"):
+        assert kind in types
+    assert turn["finish"] == "stop"
+    assert HELLO in turn["deltas"], turn["deltas"]  # the deltas add up to the text
+    assert turn["finalText"] == HELLO
+
+
+def test_messages_list_the_history(js: Result) -> None:
+    messages = ok(js, "messages")
+    assert [m["info"]["role"] for m in messages] == ["user", "assistant"] * 2
+    assert texts(messages[0]["parts"]) == ["Hello there"]
+    assert texts(messages[1]["parts"]) == [HELLO]
+
+
+def test_a_tool_runs_in_the_sandbox(js: Result) -> None:
+    tool = ok(js, "tool")
+    assert texts(tool["answer"]["parts"]) == [TOOL_ANSWER]
+    states = tool["states"]
+    assert states[-1] == "completed" and "running" in states, states
+    part = tool["toolPart"]
+    assert part["callID"] and part["state"]["status"] == "completed"
+    assert part["state"]["input"] == {"command": "echo hello-from-tool"}
+    assert part["state"]["output"].strip() == TOOL_OUTPUT
+
+
+def test_abort_ends_a_slow_answer(js: Result) -> None:
+    aborted = ok(js, "abort_slow")
+    assert aborted["busy"] == {"type": "busy"}
+    assert aborted["aborted"] is True
+    info = aborted["answer"]["info"]
+    assert info["error"]["name"] == "MessageAbortedError", info
+    assert "finish" not in info or info["finish"] is None
+    assert aborted["answeredMs"] < 1000  # issue 8: abort ends the turn within 1 s
+    assert aborted["idle"] == {}  # idle sessions are absent from /session/status
+    assert ok(js, "usable_after_abort") == [HELLO]
+
+
+def test_config_and_providers_keep_the_model_key(js: Result) -> None:
+    config = ok(js, "config")
+    assert config["hasApiKey"] is False and config["hasSecret"] is False
+    providers = ok(js, "providers")
+    assert providers["hasApiKey"] is False and providers["hasSecret"] is False
+    models = {m for p in providers["providers"] for m in p["models"]}
+    assert "fake-model" in models, providers
+    assert "fake-model" in providers["default"].values()
+
+
+def test_a_dropped_stream_resumes_without_losing_events(js: Result) -> None:
+    """The SDK resends Last-Event-ID after the connection died mid-answer; nothing is missed."""
+    got = ok(js, "reconnect")
+    assert got["status"] == 204 and got["cut"] is True
+    assert got["errors"], "the SDK never saw the stream fail"
+    assert len(got["reconnectHeaders"]) >= 2
+    assert got["reconnectHeaders"][0] is None  # the first connection has nothing to resume
+    assert got["reconnectHeaders"][1], "the SDK sent no Last-Event-ID when it reconnected"
+    assert got["duplicateIds"] == 0
+    assert got["proxiedText"] == got["directText"] and got["directText"], got
+    assert "".join(got["directText"]) == "".join(f"word{i} " for i in range(40))
+    assert got["sawIdle"] is True
+
+
+def test_delete_and_not_found(js: Result) -> None:
+    assert ok(js, "delete") is True
+    assert ok(js, "deleted_event") is True
+    gone = ok(js, "get_deleted")
+    assert gone["status"] == 404 and gone["error"]["name"] == "NotFoundError", gone
+    again = ok(js, "delete_again")
+    assert again["status"] == 404, again
+    unknown = ok(js, "unknown_session")
+    assert unknown["status"] == 404 and unknown["error"]["name"] == "NotFoundError"
+    assert "ses_doesnotexist" in unknown["error"]["data"]["message"]
+
+
+def test_a_wrong_key_is_refused(js: Result) -> None:
+    assert ok(js, "wrong_key")["status"] == 401
+    assert js["streamErrors"] == []
