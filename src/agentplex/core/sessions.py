@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
+from sqlalchemy.exc import IntegrityError
 
 from agentplex.agent.loop import ABORTED, Turn, TurnLimits, run_turn
 from agentplex.agent.providers import resolve_model
@@ -246,8 +247,12 @@ class SessionService:
             model=model,
             permission=dict(permission or {}),
         )
-        async with self._db.write() as conn:
-            await store.insert_session(conn, session)
+        try:
+            async with self._db.write() as conn:
+                await store.insert_session(conn, session)
+        except IntegrityError:
+            # the id is taken, in another environment (this one was checked above)
+            raise BadRequest(f"Session id {session.id} is in use: choose another") from None
         self._sessions[session.id] = session
         self.events.append(env_id, "session.created", session.id, session=_snap(session))
         return session
@@ -435,7 +440,7 @@ class SessionService:
         self, env_id: str, session_id: str, prompt: Prompt
     ) -> _Queued | Message | None:
         session = await self._live(env_id, session_id)
-        _check_prompt(prompt)
+        check_prompt(prompt)
         if prompt.model is not None:
             self._resolve(prompt.model)
         runner = self._runners.get(session.id)
@@ -1023,7 +1028,19 @@ class _Host:
         return await self._service._sandbox(session)
 
 
-def _check_prompt(prompt: Prompt) -> None:
+MAX_PROMPT_CHARS = 1024 * 1024
+"""The most text one prompt may carry (its parts together): well past any model's context."""
+
+
+def check_prompt(prompt: Prompt) -> None:
+    """BadRequest unless ``prompt`` can be answered: parts present, known types, some text,
+    no NUL, at most `MAX_PROMPT_CHARS`."""
+    size = sum(len(p.text) + len(p.url) for p in prompt.parts) + len(prompt.system or "")
+    if size > MAX_PROMPT_CHARS:
+        raise BadRequest(
+            f"The prompt is too large ({size} characters; at most {MAX_PROMPT_CHARS}): "
+            "send large content as files in the session's workspace"
+        )
     if any("\x00" in p.text or "\x00" in p.url for p in prompt.parts) or "\x00" in (
         prompt.system or ""
     ):

@@ -473,3 +473,19 @@ async def test_abort_right_after_the_prompt_still_aborts_its_turn(h: Harness) ->
     assert time.monotonic() - started < 1.0
     assert answer.error is not None and answer.error["name"] == "MessageAbortedError"
     assert h.service.status(h.env) == {}
+
+
+async def test_a_session_id_taken_in_another_environment_is_a_clear_error(h: Harness) -> None:
+    from agentplex.core import environments
+
+    async with h.core.db.write() as conn:
+        other = await environments.create(conn, "other")
+    await h.service.create(h.env, session_id="shared-name")
+    with pytest.raises(BadRequest, match="in use"):
+        await h.service.create(other.id, session_id="shared-name")
+
+
+async def test_a_prompt_past_the_size_cap_is_refused(h: Harness) -> None:
+    session = await h.service.create(h.env)
+    with pytest.raises(BadRequest, match="too large"):
+        await h.service.prompt(h.env, session.id, text("y" * (1024 * 1024 + 1)))

@@ -33,7 +33,7 @@ from agentplex.api.opencode.views import VERSION, dumps, message_view, ws_frame
 from agentplex.core.auth import Principal
 from agentplex.core.session_events import SessionEvent
 from agentplex.core.session_model import Message, new_id
-from agentplex.core.sessions import Prompt, PromptPart
+from agentplex.core.sessions import Prompt, PromptPart, check_prompt
 from agentplex.errors import AgentplexError, SessionNotFound
 from agentplex.services import Services
 
@@ -205,6 +205,12 @@ class _Connection:
         instructions = message.get("instructions")
         session_id = message.get("session_id")
         sessions = self.services.sessions
+        prompt = Prompt(
+            parts=[PromptPart("text", text=text)],
+            system=instructions if isinstance(instructions, str) and instructions else None,
+            message_id=new_id("msg"),
+        )
+        check_prompt(prompt)  # before a session is made for it
         if session_id is None or session_id == "":
             session = await sessions.create(self.env_id, channel="hotplex")
         elif not isinstance(session_id, str) or not _SESSION_ID.match(session_id):
@@ -221,14 +227,9 @@ class _Connection:
                 session = await sessions.create(
                     self.env_id, channel="hotplex", session_id=session_id
                 )
-        user_message_id = new_id("msg")
-        self.by_message[user_message_id] = request_id
+        assert prompt.message_id is not None
+        self.by_message[prompt.message_id] = request_id
         self.current.setdefault(session.id, request_id)
-        prompt = Prompt(
-            parts=[PromptPart("text", text=text)],
-            system=instructions if isinstance(instructions, str) and instructions else None,
-            message_id=user_message_id,
-        )
         self.executions += 1
         task = asyncio.create_task(self._run(session.id, prompt, request_id))
         self.running[task] = session.id
