@@ -95,6 +95,8 @@ def serve(
         timeout_graceful_shutdown=int(settings.server.graceful_shutdown_seconds),
         proxy_headers=False,
         ws_max_size=settings.server.max_body_bytes,
+        # compression state is ~300 KiB of zlib buffers per connection: off unless asked for
+        ws_per_message_deflate=settings.server.ws_per_message_deflate,
     )
     # uvicorn re-raises the signal it caught once it has shut down; make that a clean exit.
     for sig in (signal.SIGTERM, signal.SIGINT):

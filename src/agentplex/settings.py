@@ -82,6 +82,11 @@ class ServerSettings(_Subsystem):
         description="A connection must send a request's complete headers within this many "
         "seconds of opening (or of the previous response), else it is closed (0: no limit).",
     )
+    ws_per_message_deflate: bool = Field(
+        False,
+        description="Offer WebSocket compression (permessage-deflate). Each compressed "
+        "connection holds its own zlib state (hundreds of KiB); session events are small.",
+    )
     max_connections: int = Field(
         4096,
         ge=1,

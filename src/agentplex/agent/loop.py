@@ -421,20 +421,42 @@ async def _model_step(
     return streamer.ready
 
 
+class _IdleWatch:
+    """Cancels the current task when ``idle`` seconds pass without `touch`: one timer per
+    quiet period rather than one per model event (a 200-token answer is 200 events)."""
+
+    def __init__(self, idle: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._idle = idle
+        self._last = self._loop.time()
+        self.fired = False
+        self._handle = self._loop.call_later(idle, self._check)
+
+    def touch(self) -> None:
+        self._last = self._loop.time()
+
+    def _check(self) -> None:
+        deadline = self._last + self._idle
+        if self._loop.time() < deadline:
+            self._handle = self._loop.call_at(deadline, self._check)
+            return
+        self.fired = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+
 async def _consume(
     provider: ModelProvider, request: ModelRequest, streamer: _Streamer, idle_timeout: float
 ) -> None:
     stream = provider.stream(request)
+    watch = _IdleWatch(idle_timeout)
     try:
-        while True:
-            try:
-                event = await asyncio.wait_for(anext(stream), idle_timeout)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise ModelProviderError(
-                    f"The model sent nothing for {idle_timeout:g} s", retryable=True
-                ) from None
+        async for event in stream:
+            watch.touch()
             if isinstance(event, TextDelta):
                 if event.text:
                     streamer.text("text", event.text)
@@ -449,7 +471,16 @@ async def _consume(
                 streamer.tool_ready(event.call)
             elif isinstance(event, StepFinished):
                 streamer.finished = event
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not watch.fired or task is None:
+            raise
+        task.uncancel()  # our own timeout, not an abort
+        raise ModelProviderError(
+            f"The model sent nothing for {idle_timeout:g} s", retryable=True
+        ) from None
     finally:
+        watch.close()
         with contextlib.suppress(Exception):
             await stream.aclose()  # type: ignore[attr-defined]
 

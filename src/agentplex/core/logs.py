@@ -274,6 +274,21 @@ class RedactFilter(logging.Filter):
 _RESERVED.add("_agentplex_redacted")
 
 
+class _WebSocketChatter(logging.Filter):
+    """Drops uvicorn's per-WebSocket INFO lines ("connection open", "[accepted]", "connection
+    closed"): they are access-log lines (``log.access_log`` keeps them), and with thousands of
+    open WebSockets they would crowd everything else out of the log store."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        message = record.msg if isinstance(record.msg, str) else ""
+        return not (
+            message in ("connection open", "connection closed")
+            or (message.endswith("[accepted]") and "WebSocket" in message)
+        )
+
+
 class StoreHandler(logging.Handler):
     """Copies every record into a LogStore."""
 
@@ -333,6 +348,11 @@ def configure_logging(store: LogStore, level: str, fmt: str, access_log: bool = 
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = name != "uvicorn.access" or access_log
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    for old in [f for f in uvicorn_error.filters if isinstance(f, _WebSocketChatter)]:
+        uvicorn_error.removeFilter(old)
+    if not access_log:
+        uvicorn_error.addFilter(_WebSocketChatter())
     # Alembic narrates every migration context at INFO, httpx every request (each sandbox call,
     # with its URL): only their warnings matter here.
     for name in ("alembic", "httpx", "httpcore"):

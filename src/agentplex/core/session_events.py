@@ -24,6 +24,7 @@ from typing import Any
 from agentplex.core.session_model import Message, Part, Session, now_ms
 
 _QUEUE_LIMIT = 10_000
+_RENDERED_KEPT = 512
 
 
 @dataclass(slots=True)
@@ -59,21 +60,85 @@ class SessionEvent:
 
 
 class _Subscriber:
-    __slots__ = ("overflowed", "queue")
+    """One follower: its queue, and the sessions it follows (None: the whole environment)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("log", "overflowed", "queue", "sessions")
+
+    def __init__(self, log: _Log, sessions: set[str] | None) -> None:
+        self.log = log
         self.queue: asyncio.Queue[SessionEvent] = asyncio.Queue()
         self.overflowed = False
+        self.sessions = sessions
+
+    def wants(self, event: SessionEvent) -> bool:
+        return self.sessions is None or event.session_id in self.sessions
+
+
+class Subscription:
+    """Events of an environment (or of some of its sessions), in ``seq`` order: iterate it
+    event by event, or `batches` to take whatever has queued up at once."""
+
+    def __init__(self, owner: SessionEventLog, env_id: str, sub: _Subscriber, cursor: int) -> None:
+        self._owner = owner
+        self._env_id = env_id
+        self._sub = sub
+        self.cursor = cursor
+
+    def watch(self, session_id: str) -> None:
+        """Follow one more session (a subscription made for some sessions only)."""
+        sub = self._sub
+        if sub.sessions is None or session_id in sub.sessions:
+            return
+        sub.sessions.add(session_id)
+        sub.log.by_session.setdefault(session_id, set()).add(sub)
+
+    def _missed(self) -> list[SessionEvent]:
+        return [e for e in self._owner.after(self._env_id, self.cursor) if self._sub.wants(e)]
+
+    async def batches(self, limit: int = 512) -> AsyncIterator[list[SessionEvent]]:
+        """Lists of events: those in the ring after the cursor first, then as they come
+        (every event queued by the time the subscriber wakes, up to ``limit``, in one list)."""
+        sub = self._sub
+        missed = self._missed()
+        if missed:
+            self.cursor = missed[-1].seq
+            yield missed
+        while True:
+            if sub.overflowed:
+                sub.overflowed = False
+                while not sub.queue.empty():
+                    sub.queue.get_nowait()
+                missed = self._missed()
+                if missed:
+                    self.cursor = missed[-1].seq
+                    yield missed
+                continue
+            first = await sub.queue.get()
+            batch = [first] if first.seq > self.cursor else []
+            queue = sub.queue
+            while not queue.empty() and len(batch) < limit:
+                event = queue.get_nowait()
+                if event.seq > self.cursor:
+                    batch.append(event)
+            if batch:
+                self.cursor = batch[-1].seq
+                yield batch
+
+    async def __aiter__(self) -> AsyncIterator[SessionEvent]:
+        async for batch in self.batches():
+            for event in batch:
+                yield event
 
 
 class _Log:
     """One environment's ring and subscribers."""
 
-    __slots__ = ("next_seq", "ring", "subscribers")
+    __slots__ = ("by_session", "next_seq", "ring", "subscribers")
 
     def __init__(self, size: int) -> None:
         self.ring: deque[SessionEvent] = deque(maxlen=size)
-        self.subscribers: set[_Subscriber] = set()
+        self.subscribers: set[_Subscriber] = set()  # of the whole environment
+        self.by_session: dict[str, set[_Subscriber]] = {}
         self.next_seq = 1
 
 
@@ -95,13 +160,17 @@ class SessionEventLog:
         log = self._log(env_id)
         event = SessionEvent(log.next_seq, env_id, type, session_id, now_ms(), **fields)
         log.next_seq += 1
-        log.ring.append(event)
-        for sub in log.subscribers:
-            if sub.queue.qsize() >= _QUEUE_LIMIT:
-                # a subscriber this far behind re-reads from the ring (see `subscribe`)
-                sub.overflowed = True
-                continue
-            sub.queue.put_nowait(event)
+        ring = log.ring
+        ring.append(event)
+        if len(ring) > _RENDERED_KEPT:
+            # old events are only read again by a reconnecting client: their encodings are
+            # dropped (made again on demand) so the ring holds each event's data once
+            ring[-_RENDERED_KEPT - 1].rendered.clear()
+        _deliver(log.subscribers, event)
+        if session_id is not None and log.by_session:
+            followers = log.by_session.get(session_id)
+            if followers:
+                _deliver(followers, event)
         return event
 
     def last_seq(self, env_id: str) -> int:
@@ -118,40 +187,38 @@ class SessionEventLog:
 
     @contextlib.asynccontextmanager
     async def subscribe(
-        self, env_id: str, after: int | None = None
-    ) -> AsyncIterator[AsyncIterator[SessionEvent]]:
-        """Events of the environment: those after ``after`` still in the ring (none when
-        ``after`` is None: live only), then live ones, in ``seq`` order, for as long as the
-        context is open."""
+        self, env_id: str, after: int | None = None, *, sessions: set[str] | None = None
+    ) -> AsyncIterator[Subscription]:
+        """Events of the environment (or only of ``sessions``, a set `Subscription.watch`
+        grows): those after ``after`` still in the ring (none when ``after`` is None: live
+        only), then live ones, in ``seq`` order, for as long as the context is open."""
         log = self._log(env_id)
-        sub = _Subscriber()
-        log.subscribers.add(sub)
+        sub = _Subscriber(log, None if sessions is None else set(sessions))
+        if sub.sessions is None:
+            log.subscribers.add(sub)
+        else:
+            for session_id in sub.sessions:
+                log.by_session.setdefault(session_id, set()).add(sub)
         cursor = log.next_seq - 1 if after is None else after
-
-        async def events() -> AsyncIterator[SessionEvent]:
-            nonlocal cursor
-            for event in self.after(env_id, cursor):
-                cursor = event.seq
-                yield event
-            while True:
-                if sub.overflowed:
-                    sub.overflowed = False
-                    while not sub.queue.empty():
-                        sub.queue.get_nowait()
-                    for event in self.after(env_id, cursor):
-                        cursor = event.seq
-                        yield event
-                    continue
-                event = await sub.queue.get()
-                if event.seq <= cursor:
-                    continue  # already replayed from the ring
-                cursor = event.seq
-                yield event
-
         try:
-            yield events()
+            yield Subscription(self, env_id, sub, cursor)
         finally:
             log.subscribers.discard(sub)
+            for session_id in sub.sessions or ():
+                followers = log.by_session.get(session_id)
+                if followers is not None:
+                    followers.discard(sub)
+                    if not followers:
+                        del log.by_session[session_id]
 
     def subscriber_count(self, env_id: str) -> int:
         return len(self._log(env_id).subscribers)
+
+
+def _deliver(subscribers: set[_Subscriber], event: SessionEvent) -> None:
+    for sub in subscribers:
+        if sub.queue.qsize() >= _QUEUE_LIMIT:
+            # a subscriber this far behind re-reads from the ring (see `Subscription.batches`)
+            sub.overflowed = True
+            continue
+        sub.queue.put_nowait(event)

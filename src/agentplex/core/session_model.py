@@ -15,6 +15,7 @@ Times are epoch milliseconds.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import threading
@@ -179,6 +180,14 @@ class Session:
     cost: float = 0.0
     turn_count: int = 0
     permission: dict[str, str] = field(default_factory=dict)
+
+    def snapshot(self) -> Session:
+        """A copy that later changes to this session do not touch (for events)."""
+        copy = dataclasses.replace(self)
+        copy.metadata = _copy(self.metadata)
+        copy.permission = dict(self.permission)
+        copy.tokens = dataclasses.replace(self.tokens)
+        return copy
 
 
 @dataclass(slots=True)

@@ -59,7 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentplex.sessions")
 
 WORKSPACE = "/workspace"
-_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_KEPT_RUNNERS = 256
+_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 PermissionResponse = Literal["once", "always", "reject"]
 
@@ -173,6 +174,7 @@ class SessionService:
         self._permissions: dict[str, _PermissionRequest] = {}
         self._sandbox_locks: dict[str, asyncio.Lock] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._writer = _WriteBehind(db)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -197,6 +199,7 @@ class SessionService:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self._writer.flush()
         for provider in self._providers.values():
             with contextlib.suppress(Exception):
                 await provider.close()
@@ -219,6 +222,11 @@ class SessionService:
     ) -> Session:
         """A new active session. ``session_id`` chooses the id (HotPlex clients name their
         sessions); BadRequest if it is malformed, Conflict-like BadRequest if taken."""
+        _check_text("channel", channel, 64)
+        if user_id is not None:
+            _check_text("user_id", user_id, 200)
+        if title is not None:
+            _check_text("title", title, 10_000)
         if parent_id is not None:
             await self.get(env_id, parent_id)
         if model is not None:
@@ -226,7 +234,7 @@ class SessionService:
         if session_id is not None:
             if not _SESSION_ID.match(session_id):
                 raise BadRequest(
-                    "Invalid session id: use 1-128 letters, digits, '_', '-', '.' or ':'"
+                    "Invalid session id: use 1-64 letters, digits, '_', '-', '.' or ':'"
                 )
             if await self._find(env_id, session_id) is not None:
                 raise BadRequest(f"Session {session_id} already exists")
@@ -324,6 +332,7 @@ class SessionService:
     ) -> Session:
         session = await self._live(env_id, session_id)
         if title is not None:
+            _check_text("title", title, 10_000)
             session.title = title
         if metadata is not None:
             session.metadata = dict(metadata)
@@ -346,6 +355,7 @@ class SessionService:
                     await asyncio.wait_for(asyncio.shield(runner.task), 5)
         await self._save_session(session)
         self._sessions.pop(session.id, None)
+        self._runners.pop(session.id, None)
         self.events.append(env_id, "session.deleted", session.id, session=_snap(session))
         await self._reclaim_sandbox(session)
         return session
@@ -443,9 +453,8 @@ class SessionService:
         check_prompt(prompt)
         if prompt.model is not None:
             self._resolve(prompt.model)
-        runner = self._runners.get(session.id)
-        if runner is None:
-            runner = self._runners[session.id] = _Runner(session)
+        runner = self._runners.pop(session.id, None) or _Runner(session)
+        self._runners[session.id] = runner  # the most recently used last
         runner.started += 1
         seq = runner.started
         runner.enqueuing += 1
@@ -541,7 +550,10 @@ class SessionService:
                 session.last_activity = session.updated = now_ms()
                 if session.status == "terminated":
                     break
-                await self._save_session(session)
+                # the turn's messages and the session in one transaction (often), then the
+                # caller is answered: what it reads next is stored
+                self._writer.put(session)
+                await self._writer.flush()
                 self.events.append(
                     session.env_id, "session.updated", session.id, session=_snap(session)
                 )
@@ -555,12 +567,23 @@ class SessionService:
                 if not queued.done.done():
                     queued.done.cancel()
             runner.queue.clear()
-            if (
-                self._runners.get(session.id) is runner
-                and runner.task is asyncio.current_task()
-                and runner.enqueuing == 0
-            ):
-                del self._runners[session.id]
+            if session.status == "terminated":
+                self._runners.pop(session.id, None)
+            else:
+                self._forget_idle_runners()
+
+    def _forget_idle_runners(self) -> None:
+        """Keep the history of recently used sessions in memory (a prompt then reads no
+        history from the database), up to `_KEPT_RUNNERS` idle ones, the oldest dropped."""
+        excess = len(self._runners) - _KEPT_RUNNERS
+        if excess <= 0:
+            return
+        for session_id, runner in list(self._runners.items()):
+            if excess <= 0:
+                break
+            if (runner.task is None or runner.task.done()) and not runner.enqueuing:
+                del self._runners[session_id]
+                excess -= 1
 
     async def _turn(self, runner: _Runner, queued: _Queued) -> Message:
         session = runner.session
@@ -968,6 +991,14 @@ class SessionService:
             except Exception:
                 log.exception("session sweep failed")
 
+    def _busy(self, session_id: str) -> bool:
+        runner = self._runners.get(session_id)
+        return runner is not None and (
+            bool(runner.queue)
+            or runner.enqueuing > 0
+            or (runner.task is not None and not runner.task.done())
+        )
+
     async def _sweep_once(self) -> None:
         now = now_ms()
         async with self._db.read() as conn:
@@ -984,7 +1015,7 @@ class SessionService:
         expired_ids = {s.id for s in expired}
         for stored in to_idle:
             session = self._sessions.get(stored.id, stored)
-            if session.id in self._runners or session.id in expired_ids:
+            if self._busy(session.id) or session.id in expired_ids:
                 continue
             if session.last_activity >= now - self._settings.idle_after_secs * 1000:
                 continue
@@ -994,10 +1025,57 @@ class SessionService:
                 session.env_id, "session.updated", session.id, session=_snap(session)
             )
         for stored in expired:
-            if stored.id in self._runners:
+            if self._busy(stored.id):
                 continue
             with contextlib.suppress(SessionTerminated, SessionNotFound):
                 await self.delete(stored.env_id, stored.id)
+
+
+class _WriteBehind:
+    """Stores messages and sessions shortly after they change, many in one transaction: a
+    model step need not wait for the database, and a quick step's creation and completion
+    often share one write. Each object is stored in its state at the time of the write."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._pending: dict[tuple[str, str], Message | Session] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def put(self, item: Message | Session) -> None:
+        kind = "message" if isinstance(item, Message) else "session"
+        self._pending[(kind, item.id)] = item
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="session-writer")
+
+    async def flush(self) -> None:
+        """Return once everything put so far is stored (raises what storing raised)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+        if self._pending:
+            self._task = asyncio.create_task(self._drain(), name="session-writer")
+            await asyncio.shield(self._task)
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            try:
+                async with self._db.write() as conn:
+                    for item in batch.values():
+                        if isinstance(item, Message):
+                            await store.save_message(conn, item)
+                        else:
+                            await store.save_session(conn, item)
+            except Exception:
+                # one bad record must not hold the others back: store them one by one
+                for (kind, item_id), item in batch.items():
+                    try:
+                        async with self._db.write() as conn:
+                            if isinstance(item, Message):
+                                await store.save_message(conn, item)
+                            else:
+                                await store.save_session(conn, item)
+                    except Exception:
+                        log.exception("could not store %s %s", kind, item_id)
 
 
 class _Host:
@@ -1013,8 +1091,7 @@ class _Host:
         self._service.events.append(self._session.env_id, type, session_id, **fields)
 
     async def save(self, message: Message) -> None:
-        async with self._service._db.write() as conn:
-            await store.save_message(conn, message)
+        self._service._writer.put(message)
 
     def set_status(self, session_id: str, status: Mapping[str, Any] | None) -> None:
         self._service._set_status(self._session.env_id, session_id, status)
@@ -1030,6 +1107,13 @@ class _Host:
 
 MAX_PROMPT_CHARS = 1024 * 1024
 """The most text one prompt may carry (its parts together): well past any model's context."""
+
+
+def _check_text(name: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        raise BadRequest(f"{name} is too long: at most {limit} characters")
+    if "\x00" in value:
+        raise BadRequest(f"{name} must not contain NUL characters")
 
 
 def check_prompt(prompt: Prompt) -> None:
@@ -1114,9 +1198,7 @@ def _consume_result(future: asyncio.Future[Message]) -> None:
 
 
 def _snap(session: Session) -> Session:
-    import copy
-
-    return copy.deepcopy(session)
+    return session.snapshot()
 
 
 def _iso(ms: int) -> str:

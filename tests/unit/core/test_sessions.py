@@ -489,3 +489,15 @@ async def test_a_prompt_past_the_size_cap_is_refused(h: Harness) -> None:
     session = await h.service.create(h.env)
     with pytest.raises(BadRequest, match="too large"):
         await h.service.prompt(h.env, session.id, text("y" * (1024 * 1024 + 1)))
+
+
+async def test_fields_past_their_column_are_refused_not_a_database_error(h: Harness) -> None:
+    with pytest.raises(BadRequest, match="user_id"):
+        await h.service.create(h.env, user_id="0" * 201)
+    with pytest.raises(BadRequest, match="channel"):
+        await h.service.create(h.env, channel="c" * 65)
+    with pytest.raises(BadRequest, match="session id"):
+        await h.service.create(h.env, session_id="s" * 65)
+    session = await h.service.create(h.env, session_id="s" * 64)
+    with pytest.raises(BadRequest, match="NUL"):
+        await h.service.update(h.env, session.id, title="a\x00b")

@@ -62,9 +62,10 @@ def stream(call: Call, render: Callable[[SessionEvent], bytes], *, wrapped: bool
             yield server_frame(
                 "server.connected", cursor.seq, wrapped=wrapped, frame_id=new_id("evt")
             )
-            async for event in events:
-                cursor.seq = event.seq
-                yield render(event)
+            # what queued up while this client was being written to goes out in one write
+            async for batch in events.batches():
+                cursor.seq = batch[-1].seq
+                yield b"".join([render(event) for event in batch])
 
     def heartbeat() -> bytes:
         return server_frame("server.heartbeat", cursor.seq, wrapped=wrapped, frame_id=new_id("evt"))

@@ -20,8 +20,6 @@ DEFAULT_DIRECTORY = "/workspace"
 
 # keys of `SessionEvent.rendered`
 _PROPS = "opencode.props"
-_SSE = "opencode.sse"
-_GLOBAL_SSE = "opencode.global.sse"
 
 
 def dumps(data: Any) -> bytes:
@@ -203,7 +201,8 @@ def event_properties_bytes(event: SessionEvent) -> bytes:
     """The JSON of the event's properties (cached on the event)."""
     cached = event.rendered.get(_PROPS)
     if cached is None:
-        cached = event.rendered[_PROPS] = dumps(event_properties(event))
+        # orjson's bytes keep their 4 KiB working buffer: a tight copy is what the ring holds
+        cached = event.rendered[_PROPS] = memoryview(dumps(event_properties(event))).tobytes()
     return cached
 
 
@@ -214,26 +213,17 @@ def _payload_bytes(event: SessionEvent) -> bytes:
 
 
 def sse_frame(event: SessionEvent) -> bytes:
-    """The ``/event`` frame: ``id: <seq>`` and ``data: {id, type, properties}``."""
-    cached = event.rendered.get(_SSE)
-    if cached is None:
-        cached = event.rendered[_SSE] = (
-            b"id: %d\ndata: " % event.seq + _payload_bytes(event) + b"\n\n"
-        )
-    return cached
+    """The ``/event`` frame: ``id: <seq>`` and ``data: {id, type, properties}`` (built around
+    the cached properties: an event's JSON is kept once, whatever streams it goes out on)."""
+    return b"id: %d\ndata: " % event.seq + _payload_bytes(event) + b"\n\n"
 
 
 def global_sse_frame(event: SessionEvent) -> bytes:
     """The ``/global/event`` frame: ``data: {directory, project, payload}``."""
-    cached = event.rendered.get(_GLOBAL_SSE)
-    if cached is None:
-        directory = event.session.directory if event.session is not None else DEFAULT_DIRECTORY
-        project = event.session.project_id if event.session is not None else "global"
-        head = b'{"directory":' + dumps(directory) + b',"project":' + dumps(project)
-        cached = event.rendered[_GLOBAL_SSE] = (
-            b"id: %d\ndata: " % event.seq + head + b',"payload":' + _payload_bytes(event) + b"}\n\n"
-        )
-    return cached
+    directory = event.session.directory if event.session is not None else DEFAULT_DIRECTORY
+    project = event.session.project_id if event.session is not None else "global"
+    head = b'{"directory":' + dumps(directory) + b',"project":' + dumps(project)
+    return b"id: %d\ndata: " % event.seq + head + b',"payload":' + _payload_bytes(event) + b"}\n\n"
 
 
 def server_frame(kind: str, cursor: int, *, wrapped: bool, frame_id: str) -> bytes:

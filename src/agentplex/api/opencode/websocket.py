@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +30,7 @@ from agentplex.api.common.routing import RouteTable
 from agentplex.api.opencode.caller import env_of
 from agentplex.api.opencode.views import VERSION, dumps, message_view, ws_frame
 from agentplex.core.auth import Principal
-from agentplex.core.session_events import SessionEvent
+from agentplex.core.session_events import SessionEvent, Subscription
 from agentplex.core.session_model import Message, new_id
 from agentplex.core.sessions import Prompt, PromptPart, check_prompt
 from agentplex.errors import AgentplexError, SessionNotFound
@@ -39,7 +38,7 @@ from agentplex.services import Services
 
 routes = RouteTable(tags=["opencode"])
 
-_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 RequestId = str | int | None
 _SETTLE_SECONDS = 5.0
 
@@ -76,6 +75,19 @@ class _Connection:
         self.running: dict[asyncio.Task[None], str] = {}  # execute task -> session id
         self.executions = 0
         self.background: set[asyncio.Future[None]] = set()
+        self.subscription: Subscription | None = None
+        self.stack = contextlib.AsyncExitStack()
+        self.forwarder: asyncio.Task[None] | None = None
+
+    async def follow(self, session_id: str) -> None:
+        """Stream this session's events to the client from now on."""
+        if self.subscription is None:
+            self.subscription = await self.stack.enter_async_context(
+                self.log.subscribe(self.env_id, after=self.cursor, sessions=set())
+            )
+        self.subscription.watch(session_id)
+        if self.forwarder is None:
+            self.forwarder = asyncio.create_task(self.forward(self.subscription))
 
     async def send(self, frame: bytes) -> None:
         async with self.send_lock:
@@ -84,35 +96,39 @@ class _Connection:
 
     # --- events ---------------------------------------------------------------------------
 
-    async def forward(self, events: AsyncIterator[SessionEvent]) -> None:
-        async for event in events:
-            self.cursor = event.seq
-            sid = event.session_id
-            if sid is None or sid not in self.current:
-                continue
-            message = event.message
-            if (
-                self.pending
-                and event.type == "message.updated"
-                and message is not None
-                and message.role == "assistant"
-            ):
-                # the next queued turn starts: what the previous one owes is sent first
-                await self._release(sid, next_turn=message.parent_id)
-            await self.send(ws_frame(event, self._request_of(event, sid)))
-            if event.type == "session.idle":
-                self.idle[sid] = event.seq
-                await self._release(sid)
-            elif (
-                event.type == "message.updated"
-                and message is not None
-                and message.role == "assistant"
-                and message.completed is not None
-            ):
-                self.answered[message.id] = event.seq
-                for pending in self.pending:
-                    if pending.answer_id == message.id:
-                        pending.seen = True
+    async def forward(self, events: Subscription) -> None:
+        async for batch in events.batches():
+            for event in batch:
+                await self._forward_one(event)
+
+    async def _forward_one(self, event: SessionEvent) -> None:
+        self.cursor = event.seq
+        sid = event.session_id
+        if sid is None or sid not in self.current:
+            return
+        message = event.message
+        if (
+            self.pending
+            and event.type == "message.updated"
+            and message is not None
+            and message.role == "assistant"
+        ):
+            # the next queued turn starts: what the previous one owes is sent first
+            await self._release(sid, next_turn=message.parent_id)
+        await self.send(ws_frame(event, self._request_of(event, sid)))
+        if event.type == "session.idle":
+            self.idle[sid] = event.seq
+            await self._release(sid)
+        elif (
+            event.type == "message.updated"
+            and message is not None
+            and message.role == "assistant"
+            and message.completed is not None
+        ):
+            self.answered[message.id] = event.seq
+            for pending in self.pending:
+                if pending.answer_id == message.id:
+                    pending.seen = True
 
     def _request_of(self, event: SessionEvent, sid: str) -> RequestId:
         message = event.message
@@ -216,7 +232,7 @@ class _Connection:
         elif not isinstance(session_id, str) or not _SESSION_ID.match(session_id):
             await self.send(
                 _error(
-                    "session_id must be 1-128 letters, digits, _ . : -", "bad_request", request_id
+                    "session_id must be 1-64 letters, digits, _ . : -", "bad_request", request_id
                 )
             )
             return
@@ -230,6 +246,7 @@ class _Connection:
         assert prompt.message_id is not None
         self.by_message[prompt.message_id] = request_id
         self.current.setdefault(session.id, request_id)
+        await self.follow(session.id)
         self.executions += 1
         task = asyncio.create_task(self._run(session.id, prompt, request_id))
         self.running[task] = session.id
@@ -303,8 +320,9 @@ async def agent_socket(websocket: WebSocket) -> None:
     principal: Principal = websocket.scope["state"]["principal"]
     conn = _Connection(websocket, services, env_of(principal, services))
     await websocket.accept()
-    async with conn.log.subscribe(conn.env_id, after=conn.cursor) as events:
-        forwarder = asyncio.create_task(conn.forward(events))
+    # only the sessions this connection executes on, and only once it does: an idle
+    # connection holds no subscription, no task, and is woken by no event
+    async with conn.stack:
         try:
             await conn.send(_reply("server.connected", {"version": VERSION}, None))
             while True:
@@ -318,8 +336,11 @@ async def agent_socket(websocket: WebSocket) -> None:
         except WebSocketDisconnect:
             pass
         finally:
-            forwarder.cancel()
+            forwarder = conn.forwarder
+            if forwarder is not None:
+                forwarder.cancel()
             for task in list(conn.running):
                 task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await forwarder
+            if forwarder is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await forwarder
