@@ -175,6 +175,7 @@ class SessionService:
         self._sandbox_locks: dict[str, asyncio.Lock] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._writer = _WriteBehind(db)
+        self._prompt_locks: dict[str, list[Any]] = {}  # session id -> [lock, users]
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -444,9 +445,26 @@ class SessionService:
             return queued
         assert queued is not None
         queued.done.add_done_callback(_consume_result)
+        await self._writer.flush()  # stored before the caller is told it was accepted
         return queued.user
 
     async def _enqueue(
+        self, env_id: str, session_id: str, prompt: Prompt
+    ) -> _Queued | Message | None:
+        # prompts to one session are taken in the order they arrive (the lock is FIFO)
+        entry = self._prompt_locks.get(session_id)
+        if entry is None:
+            entry = self._prompt_locks[session_id] = [asyncio.Lock(), 0]
+        entry[1] += 1  # prompts holding or waiting for the lock
+        try:
+            async with entry[0]:
+                return await self._enqueue_now(env_id, session_id, prompt)
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._prompt_locks[session_id]
+
+    async def _enqueue_now(
         self, env_id: str, session_id: str, prompt: Prompt
     ) -> _Queued | Message | None:
         session = await self._live(env_id, session_id)
@@ -492,8 +510,8 @@ class SessionService:
                 runner.history = await store.list_messages(conn, session.id)
         if prompt.message_id is not None and any(m.id == user.id for m in runner.history):
             raise BadRequest(f"Message {user.id} already exists in this session")
-        async with self._db.write() as conn:
-            await store.save_message(conn, user)
+        # stored with the turn's first write (prompt_async and no_reply flush it at once)
+        self._writer.put(user)
         runner.history.append(user)
         session.last_activity = now
         if session.status == "idle":
@@ -505,6 +523,7 @@ class SessionService:
         for part in user.parts:
             self.events.append(env_id, "message.part.updated", session.id, part=part.snapshot())
         if prompt.no_reply:
+            await self._writer.flush()
             return user
         done: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         queued = _Queued(user, prompt, done, seq)
@@ -1032,28 +1051,44 @@ class SessionService:
 
 
 class _WriteBehind:
-    """Stores messages and sessions shortly after they change, many in one transaction: a
-    model step need not wait for the database, and a quick step's creation and completion
-    often share one write. Each object is stored in its state at the time of the write."""
+    """Stores messages and sessions shortly after they change, many in one transaction.
+
+    A record put here is written within `DELAY` seconds, or at once by `flush` (a turn's end,
+    an accepted prompt): a quick turn's prompt, steps and session totals share one write,
+    and a long one's records still reach the database while it runs (so a restart finds and
+    closes them). Each record is stored in its state at the time of the write."""
+
+    DELAY = 0.05
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._pending: dict[tuple[str, str], Message | Session] = {}
         self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def put(self, item: Message | Session) -> None:
         kind = "message" if isinstance(item, Message) else "session"
         self._pending[(kind, item.id)] = item
-        if self._task is None or self._task.done():
+        if self._timer is None and (self._task is None or self._task.done()):
+            self._timer = asyncio.get_running_loop().call_later(self.DELAY, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        if self._pending and (self._task is None or self._task.done()):
             self._task = asyncio.create_task(self._drain(), name="session-writer")
 
     async def flush(self) -> None:
-        """Return once everything put so far is stored (raises what storing raised)."""
-        while self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
-        if self._pending:
+        """Return once everything put so far is stored."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while True:
+            if self._task is not None and not self._task.done():
+                await asyncio.shield(self._task)
+                continue
+            if not self._pending:
+                return
             self._task = asyncio.create_task(self._drain(), name="session-writer")
-            await asyncio.shield(self._task)
 
     async def _drain(self) -> None:
         while self._pending:
@@ -1076,6 +1111,8 @@ class _WriteBehind:
                                 await store.save_session(conn, item)
                     except Exception:
                         log.exception("could not store %s %s", kind, item_id)
+        if self._pending and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.DELAY, self._start)
 
 
 class _Host:

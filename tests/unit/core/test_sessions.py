@@ -145,7 +145,11 @@ async def test_a_tool_call_runs_in_the_sessions_own_sandbox(h: Harness) -> None:
     assert any(m.role == "tool" for m in last.messages)
 
 
-async def test_a_prompt_while_busy_queues_behind_the_running_turn(h: Harness) -> None:
+async def test_a_prompt_while_busy_queues_behind_the_running_turn(
+    make: Callable[..., Harness],
+) -> None:
+    h = make(ScriptedProvider(delay=0.02))
+    await h.service.start()
     session = await h.service.create(h.env)
     first = asyncio.create_task(h.service.prompt(h.env, session.id, text("one")))
     await asyncio.sleep(0)
@@ -155,6 +159,7 @@ async def test_a_prompt_while_busy_queues_behind_the_running_turn(h: Harness) ->
     users = [m for m in messages if m.role == "user"]
     assert a.parent_id == users[0].id and b.parent_id == users[1].id
     assert h.types(session.id).count("session.idle") == 1
+    await h.service.close()
 
 
 async def test_abort_ends_the_turn_within_a_second_and_the_session_stays_usable(
@@ -389,6 +394,8 @@ async def test_a_turn_running_when_the_server_died_ends_as_an_error(
     await asyncio.sleep(0.05)
     # the cancelled turn stored an aborted message; make the store look like a crash did
     from agentplex.db.records import sessions as store
+
+    await h.service._writer.flush()
 
     async with h.core.db.write() as conn:
         messages = await store.list_messages(conn, session.id)
