@@ -282,7 +282,7 @@ class SessionService:
         """The session (terminated ones too); SessionNotFound otherwise."""
         session = await self._find(env_id, session_id)
         if session is None:
-            raise SessionNotFound(f"Session not found: {session_id}")
+            raise SessionNotFound(f"Session not found: {shown_id(session_id)}")
         return session
 
     async def _live(self, env_id: str, session_id: str) -> Session:
@@ -423,7 +423,7 @@ class SessionService:
         async with self._db.read() as conn:
             found = await store.get_message(conn, session.id, message_id)
         if found is None:
-            raise MessageNotFound(f"Message not found: {message_id}")
+            raise MessageNotFound(f"Message not found: {shown_id(message_id)}")
         return found
 
     # -- prompts ----------------------------------------------------------------------------
@@ -761,7 +761,7 @@ class SessionService:
         rest of the session) or ``reject``."""
         request = self._permissions.get(permission_id)
         if request is None or request.env_id != env_id or request.session_id != session_id:
-            raise PermissionNotFound(f"Permission request not found: {permission_id}")
+            raise PermissionNotFound(f"Permission request not found: {shown_id(permission_id)}")
         if response not in ("once", "always", "reject"):
             raise BadRequest("response must be once, always or reject")
         if not request.answer.done():
@@ -1144,6 +1144,11 @@ class _Host:
 
 MAX_PROMPT_CHARS = 1024 * 1024
 """The most text one prompt may carry (its parts together): well past any model's context."""
+
+
+def shown_id(value: str) -> str:
+    """An id as an error message quotes it: cut short, so a huge one is not echoed back."""
+    return value if len(value) <= 80 else value[:80] + "..."
 
 
 def _check_text(name: str, value: str, limit: int) -> None:

@@ -15,6 +15,7 @@ from agentplex.api.opencode.bodies import (
 from agentplex.api.opencode.caller import env_of
 from agentplex.api.opencode.views import hotplex_session_view, session_view
 from agentplex.core.session_model import ModelRef
+from agentplex.core.sessions import shown_id
 from agentplex.errors import BadRequest, SessionNotFound, SessionTerminated
 
 routes = RouteTable(tags=["opencode"])
@@ -95,7 +96,7 @@ async def get(call: Call) -> dict[str, Any]:
     session = await call.services.sessions.get(env_of(call.principal, call.services), session_id)
     if session.status == "terminated":
         # OpenCode forgets a deleted session (PRX still shows it as terminated)
-        raise SessionNotFound(f"Session not found: {session_id}")
+        raise SessionNotFound(f"Session not found: {shown_id(session_id)}")
     return session_view(session)
 
 
@@ -123,7 +124,7 @@ async def delete(call: Call) -> Any:
     try:
         await call.services.sessions.delete(env_of(call.principal, call.services), session_id)
     except SessionTerminated:
-        raise SessionNotFound(f"Session not found: {session_id}") from None
+        raise SessionNotFound(f"Session not found: {shown_id(session_id)}") from None
     return True
 
 
