@@ -54,6 +54,7 @@ log = logging.getLogger("agentplex.agent")
 # previous one), so a 300 KiB answer does not cost its square in event bytes.
 _FULL_UPDATES_UP_TO = 32 * 1024
 _THROTTLE_SECONDS = 0.1
+_SAVE_SECONDS = 1.0
 
 ABORTED = {"name": "MessageAbortedError", "data": {"message": "Aborted"}}
 REJECTED = "The user rejected permission to use this specific tool call."
@@ -68,6 +69,9 @@ class TurnHost(Protocol):
 
     async def save(self, message: Message) -> None:
         """Store a message with its parts."""
+
+    def save_soon(self, message: Message) -> None:
+        """Store the message as it is now, without waiting (a long answer's text so far)."""
 
     def set_status(self, session_id: str, status: Mapping[str, Any] | None) -> None:
         """Set (or clear, None = idle) the session's run status and emit ``session.status``."""
@@ -288,6 +292,7 @@ class _Streamer:
         self.ready: list[tuple[ToolCall, Part]] = []
         self.finished: StepFinished | None = None
         self.started_parts: list[Part] = []
+        self.last_saved = asyncio.get_running_loop().time()
 
     def _add(self, type: str, data: dict[str, Any]) -> Part:
         part = Part(new_id("prt"), self.message.session_id, self.message.id, type, data)
@@ -308,6 +313,10 @@ class _Streamer:
         self.pending_delta += chunk
         self.host.emit("message.part.delta", part.session_id, part=part, delta=chunk)
         loop_time = asyncio.get_running_loop().time()
+        if loop_time - self.last_saved >= _SAVE_SECONDS:
+            # a crash mid-answer keeps the text up to about a second before it
+            self.last_saved = loop_time
+            self.host.save_soon(self.message)
         if (
             len(part.data["text"]) <= _FULL_UPDATES_UP_TO
             or loop_time - self.last_full >= _THROTTLE_SECONDS

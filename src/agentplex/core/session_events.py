@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -139,7 +140,9 @@ class _Log:
         self.ring: deque[SessionEvent] = deque(maxlen=size)
         self.subscribers: set[_Subscriber] = set()  # of the whole environment
         self.by_session: dict[str, set[_Subscriber]] = {}
-        self.next_seq = 1
+        # seqs go on increasing across restarts (microseconds at start, then +1 an event), so
+        # a client resuming with an id from before a restart is never mistaken for a newer one
+        self.next_seq = time.time_ns() // 1000
 
 
 class SessionEventLog:

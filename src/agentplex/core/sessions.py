@@ -60,6 +60,7 @@ log = logging.getLogger("agentplex.sessions")
 
 WORKSPACE = "/workspace"
 _KEPT_RUNNERS = 256
+_MESSAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 PermissionResponse = Literal["once", "always", "reject"]
@@ -186,6 +187,11 @@ class SessionService:
             for message in await store.unfinished_messages(conn):
                 _end_interrupted(message)
                 await store.save_message(conn, message)
+            for prompt in await store.unfinished_messages(conn, role="user"):
+                # queued when the server stopped: its turn never began
+                await store.save_message(conn, _unanswered(prompt))
+                prompt.completed = now_ms()
+                await store.save_message(conn, prompt)
         self._sweeper = asyncio.create_task(self._sweep(), name="session-sweeper")
 
     async def close(self) -> None:
@@ -508,8 +514,17 @@ class SessionService:
         if runner.history is None:
             async with self._db.read() as conn:
                 runner.history = await store.list_messages(conn, session.id)
-        if prompt.message_id is not None and any(m.id == user.id for m in runner.history):
-            raise BadRequest(f"Message {user.id} already exists in this session")
+        if prompt.message_id is not None:
+            if not _MESSAGE_ID.match(prompt.message_id):
+                raise BadRequest(
+                    "messageID must be 1-64 letters, digits, '_' or '-' (OpenCode's are msg_...)"
+                )
+            taken = any(m.id == user.id for m in runner.history)
+            if not taken:
+                async with self._db.read() as conn:
+                    taken = await store.message_exists(conn, user.id)
+            if taken:
+                raise BadRequest(f"messageID {user.id} is already used: send a new one")
         # stored with the turn's first write (prompt_async and no_reply flush it at once)
         self._writer.put(user)
         runner.history.append(user)
@@ -523,6 +538,7 @@ class SessionService:
         for part in user.parts:
             self.events.append(env_id, "message.part.updated", session.id, part=part.snapshot())
         if prompt.no_reply:
+            self._answered(user)
             await self._writer.flush()
             return user
         done: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
@@ -562,6 +578,7 @@ class SessionService:
                     result = exc
                 if runner.queue and runner.queue[0] is queued:
                     runner.queue.pop(0)
+                self._answered(queued.user)
                 if last is not None:
                     _settle(*last)
                 last = (queued, result)
@@ -583,6 +600,7 @@ class SessionService:
             if last is not None:
                 _settle(*last)
             for queued in runner.queue:
+                self._answered(queued.user)
                 if not queued.done.done():
                     queued.done.cancel()
             runner.queue.clear()
@@ -620,7 +638,9 @@ class SessionService:
             provider=provider,
             model=info,
             system=system,
-            history=history,
+            # what the model sees: each earlier prompt with its answers, then this one (prompts
+            # queued behind it are stored already but are not part of its conversation)
+            history=_conversation(history, queued.user),
             tools=self._tools,
             disabled_tools=frozenset(k for k, v in queued.prompt.tools.items() if not v),
             approved=runner.approved,
@@ -673,6 +693,13 @@ class SessionService:
             self.events.append(session.env_id, "session.error", session.id, error=error)
         return message
 
+    def _answered(self, user: Message) -> None:
+        """Mark a prompt as dealt with (answered, failed or dropped): a restart then leaves it
+        alone. A prompt still unmarked after a crash gets an error answer at the next start."""
+        if user.completed is None:
+            user.completed = now_ms()
+            self._writer.put(user)
+
     async def _aborted_result(self, runner: _Runner, queued: _Queued) -> Message:
         """What a prompt whose turn was aborted gets: the turn's last (aborted) message, or
         one made now when the turn was cancelled before it began."""
@@ -699,6 +726,7 @@ class SessionService:
             rest = runner.queue[1:]
             del runner.queue[1:]
             for queued in rest:
+                self._answered(queued.user)  # dropped by the abort: it will not be answered
                 # OpenCode answers a prompt dropped by an abort with the aborted turn's answer
                 if current is not None:
                     current.done.add_done_callback(_forward(queued.done))
@@ -1130,6 +1158,9 @@ class _Host:
     async def save(self, message: Message) -> None:
         self._service._writer.put(message)
 
+    def save_soon(self, message: Message) -> None:
+        self._service._writer.put(message)
+
     def set_status(self, session_id: str, status: Mapping[str, Any] | None) -> None:
         self._service._set_status(self._session.env_id, session_id, status)
 
@@ -1207,6 +1238,27 @@ def _end_interrupted(message: Message) -> None:
     }
 
 
+def _conversation(history: list[Message], user: Message) -> list[Message]:
+    """The messages a turn answering ``user`` builds on, in conversation order: each earlier
+    prompt followed by its answers, then ``user``. Prompts stored after it (queued behind the
+    turn) are left out, whatever order the history holds them in."""
+    replies: dict[str, list[Message]] = {}
+    prompts = {m.id for m in history if m.role == "user"}
+    for m in history:
+        if m.role == "assistant" and m.parent_id in prompts:
+            replies.setdefault(m.parent_id or "", []).append(m)
+    out: list[Message] = []
+    for m in history:
+        if m.role == "user":
+            out.append(m)
+            out.extend(replies.get(m.id, ()))
+            if m.id == user.id:
+                break
+        elif m.parent_id not in prompts:
+            out.append(m)  # an answer whose prompt is not in this history (kept in place)
+    return out
+
+
 def _settle(queued: _Queued, result: Message | BaseException) -> None:
     if queued.done.done():
         return
@@ -1214,6 +1266,27 @@ def _settle(queued: _Queued, result: Message | BaseException) -> None:
         queued.done.set_exception(result)
     else:
         queued.done.set_result(result)
+
+
+def _unanswered(prompt: Message) -> Message:
+    """The answer a prompt gets when the server stopped before its turn began."""
+    now = now_ms()
+    return Message(
+        id=new_id("msg"),
+        session_id=prompt.session_id,
+        role="assistant",
+        created=now,
+        completed=now,
+        parent_id=prompt.id,
+        model=prompt.model,
+        agent=prompt.agent,
+        error={
+            "name": "UnknownError",
+            "data": {
+                "message": "The server stopped before this prompt was answered; send it again"
+            },
+        },
+    )
 
 
 def _with_running(runner: _Runner) -> list[Message]:

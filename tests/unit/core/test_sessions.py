@@ -508,3 +508,84 @@ async def test_fields_past_their_column_are_refused_not_a_database_error(h: Harn
     session = await h.service.create(h.env, session_id="s" * 64)
     with pytest.raises(BadRequest, match="NUL"):
         await h.service.update(h.env, session.id, title="a\x00b")
+
+
+async def test_a_queued_prompt_sees_the_conversation_up_to_itself(
+    make: Callable[..., Harness],
+) -> None:
+    h = make(ScriptedProvider(delay=0.02))
+    await h.service.start()
+    try:
+        session = await h.service.create(h.env)
+        turns = [
+            asyncio.create_task(h.service.prompt(h.env, session.id, text(f"prompt {i}")))
+            for i in range(3)
+        ]
+        await asyncio.gather(*turns)
+        for i, request in enumerate(h.provider.requests):
+            roles = [m.role for m in request.messages]
+            assert roles == ["user", "assistant"] * i + ["user"], roles
+            assert request.messages[-1].text == f"prompt {i}"
+    finally:
+        await h.service.close()
+
+
+async def test_a_client_message_id_must_be_new_and_well_formed(h: Harness) -> None:
+    one = await h.service.create(h.env)
+    two = await h.service.create(h.env)
+    await h.service.prompt(
+        h.env, one.id, Prompt(parts=[PromptPart("text", "a")], message_id="msg_client0001")
+    )
+    with pytest.raises(BadRequest, match="already used"):
+        await h.service.prompt(
+            h.env, two.id, Prompt(parts=[PromptPart("text", "b")], message_id="msg_client0001")
+        )
+    for bad in ("m" * 65, "bad id", "msg_../x"):
+        with pytest.raises(BadRequest, match="messageID"):
+            await h.service.prompt(
+                h.env, two.id, Prompt(parts=[PromptPart("text", "b")], message_id=bad)
+            )
+
+
+async def test_event_ids_go_on_increasing_across_a_restart() -> None:
+    before = SessionEventLog()
+    last = before.append("env", "session.idle", "ses_1").seq
+    after = SessionEventLog()  # a new process
+    assert after.append("env", "session.idle", "ses_1").seq > last
+
+
+async def test_a_prompt_queued_when_the_server_died_is_answered_with_an_error(
+    make: Callable[..., Harness],
+) -> None:
+    h = make()
+    await h.service.start()
+    session = await h.service.create(h.env)
+    await h.service.prompt_async(h.env, session.id, text("SLOW"))
+    queued = await h.service.prompt_async(h.env, session.id, text("queued behind"))
+    await asyncio.sleep(0.3)
+    await h.service._writer.flush()
+    for runner in list(h.service._runners.values()):  # the process dies: nothing more runs
+        assert runner.task is not None
+        runner.task.cancel()
+    from agentplex.db.records import sessions as store
+
+    await asyncio.sleep(0.05)
+    await h.service._writer.flush()
+    async with h.core.db.write() as conn:  # as a crash leaves it: the queued prompt unmarked
+        stored = await store.get_message(conn, session.id, queued.id)
+        assert stored is not None
+        stored.completed = None
+        await store.save_message(conn, stored)
+        for m in await store.list_messages(conn, session.id):
+            if m.role == "assistant" and m.parent_id == queued.id:
+                raise AssertionError("the queued prompt was answered before the crash")
+    restarted = make()
+    await restarted.service.start()
+    try:
+        messages = await restarted.service.messages(h.env, session.id)
+        answers = [m for m in messages if m.parent_id == queued.id]
+        assert len(answers) == 1 and answers[0].error is not None
+        assert "send it again" in answers[0].error["data"]["message"]
+    finally:
+        await restarted.service.close()
+        await h.service.close()

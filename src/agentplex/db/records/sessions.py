@@ -208,15 +208,21 @@ async def list_messages(
     return [_message(r._mapping) for r in await conn.execute(query)][::-1]
 
 
-async def unfinished_messages(conn: AsyncConnection) -> list[Message]:
-    """Assistant messages of any environment that never completed (their turn was cut off,
-    e.g. by a crash), oldest first."""
+async def unfinished_messages(conn: AsyncConnection, *, role: str = "assistant") -> list[Message]:
+    """Messages of any environment that never completed, oldest first: assistant messages
+    whose turn was cut off (e.g. by a crash), or (``role="user"``) prompts never dealt with."""
     query = (
         select(session_messages)
-        .where(session_messages.c.role == "assistant", session_messages.c.completed.is_(None))
+        .where(session_messages.c.role == role, session_messages.c.completed.is_(None))
         .order_by(session_messages.c.created, session_messages.c.id)
     )
     return [_message(r._mapping) for r in await conn.execute(query)]
+
+
+async def message_exists(conn: AsyncConnection, message_id: str) -> bool:
+    """Whether any session holds a message with this id (ids are unique across sessions)."""
+    query = select(session_messages.c.id).where(session_messages.c.id == message_id)
+    return (await conn.execute(query)).first() is not None
 
 
 async def copy_messages(
