@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from agentplex import __version__
+from agentplex.errors import MasterKeyError
 from agentplex.settings import ConfigFileError, Settings, load_settings
 
 _CONFIG_OPTION = click.option(
@@ -81,8 +82,12 @@ def serve(
             f"{token_command} to turn authentication on.",
             err=True,
         )
+    try:
+        app = create_app(settings)
+    except MasterKeyError as exc:
+        raise click.ClickException(exc.message) from None
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.server.host,
         port=settings.server.port,
         http=guarded_protocol(

@@ -190,3 +190,48 @@ class ModelProviderError(AgentplexError):
         self.retryable = retryable
         self.status_code = status_code
         self.body = body
+
+
+# -- Hot projects and their context variables (secrets) -----------------------------------------
+
+
+class ProjectNotFound(NotFound):
+    """Project not found"""  # Hot's page spells it without a stop
+
+
+class ProjectExists(Conflict):
+    """A project with this name exists already in this environment."""
+
+
+class ContextVariableNotFound(NotFound):
+    """Context variable not found"""  # Hot's page spells it without a stop
+
+
+class ContextVariableExists(Conflict):
+    """A context variable with this key exists already in this project."""
+
+
+class MasterKeyError(AgentplexError):
+    """The master key that encrypts context variables is unusable (the server refuses to
+    start): the message says which key and how to fix it."""
+
+    code = "master_key_invalid"
+
+
+class SecretUnreadable(AgentplexError):
+    """A stored context variable cannot be decrypted: the master key is not the one it was
+    written with (or the stored row was altered)."""
+
+    code = "secret_unreadable"
+
+
+# -- builds and the blob store --------------------------------------------------------------------
+
+
+class BuildNotFound(NotFound):
+    """Build not found."""
+
+
+class BlobNotFound(ServiceUnavailable):
+    """A stored file is missing from the blob store. With several API replicas, set
+    server.blob_store = "database" so that every replica reads the same store."""

@@ -21,13 +21,17 @@ from agentplex import __version__
 from agentplex.bus import Bus, create_bus
 from agentplex.core import environments
 from agentplex.core.auth import Authenticator
+from agentplex.core.blobs import create_blob_store
+from agentplex.core.builds import ArchiveLimits, BuildService
 from agentplex.core.callbacks import Callbacks
 from agentplex.core.clock import utcnow
 from agentplex.core.health import HealthService
 from agentplex.core.logs import LogStore, configure_logging
-from agentplex.core.ports import ModelProvider, SandboxBackend
+from agentplex.core.ports import BlobStore, ModelProvider, SandboxBackend
+from agentplex.core.projects import ProjectService
 from agentplex.core.sandbox_tokens import SandboxTokens
 from agentplex.core.sandboxes import SandboxService
+from agentplex.core.secrets import MasterKey, SecretService
 from agentplex.core.session_events import SessionEventLog
 from agentplex.core.sessions import SessionService
 from agentplex.core.streams import StreamStore
@@ -59,6 +63,10 @@ class Services:
         callbacks: Callbacks,
         health: HealthService,
         sessions: SessionService,
+        projects: ProjectService,
+        secrets: SecretService,
+        blobs: BlobStore,
+        builds: BuildService,
     ) -> None:
         self.settings = settings
         self.logs = logs
@@ -72,6 +80,10 @@ class Services:
         self.callbacks = callbacks
         self.health = health
         self.sessions = sessions
+        self.projects = projects
+        self.secrets = secrets
+        self.blobs = blobs
+        self.builds = builds
         self.version = __version__
         self.git_sha = _git_sha()
         self.started_at: datetime = utcnow()
@@ -209,6 +221,9 @@ def build_services(
     tokens = SandboxTokens(db, settings.sandbox.token_ttl_seconds)
     templates = TemplateService(db, backend, settings.sandbox)
     sandboxes = SandboxService(db, backend, templates, tokens, settings.sandbox)
+    # secrets are sealed with a key derived from this one (MasterKeyError: refuse to start)
+    master_key = MasterKey.load_or_create(settings.server.data_dir, settings.server.master_key)
+    blobs = create_blob_store(settings.server, db)
     sessions = SessionService(
         db,
         sandboxes,
@@ -230,6 +245,10 @@ def build_services(
         callbacks=Callbacks(allow_private=settings.sandbox.callback_allow_private),
         health=HealthService(db, bus, backend),
         sessions=sessions,
+        projects=ProjectService(db),
+        secrets=SecretService(db, master_key),
+        blobs=blobs,
+        builds=BuildService(db, blobs, ArchiveLimits.from_settings(settings.server)),
     )
 
 

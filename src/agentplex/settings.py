@@ -93,6 +93,34 @@ class ServerSettings(_Subsystem):
         description="Open connections (HTTP and WebSocket) served at once; more are answered "
         "503 and closed. Lowered if the process's open-file limit cannot hold them.",
     )
+    master_key: SecretStr | None = Field(
+        None,
+        description="Master key (base64 of 32 random bytes) from which each environment's key "
+        "for project context variables (secrets) is derived. Empty means <data_dir>/master.key, "
+        "created on first start (mode 0600). Replicas sharing a database need the same key; a "
+        "lost key makes the stored secrets unreadable.",
+    )
+    blob_store: Literal["auto", "local", "database"] = Field(
+        "auto",
+        description="Where build archives are kept: `local` (files under <data_dir>/blobs), "
+        "`database` (a table every API replica sharing the database reads), or `auto` "
+        "(database on PostgreSQL, local on SQLite).",
+    )
+    build_max_bytes: int = Field(
+        50 * 1024 * 1024, ge=1024, description="Largest build archive accepted (compressed)."
+    )
+    build_max_files: int = Field(10_000, ge=1, description="Most entries a build archive may hold.")
+    build_max_unpacked_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="Largest total size of a build archive's files once extracted.",
+    )
+    build_max_ratio: float = Field(
+        200.0,
+        ge=1,
+        description="Largest extracted-to-compressed size ratio of a build archive holding "
+        "more than 1 MiB (a zip bomb's is in the thousands).",
+    )
 
     def ensure_data_dir(self) -> Path:
         """Create the data directory, private to the server's user (0700, like a database

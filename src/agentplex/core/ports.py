@@ -420,3 +420,36 @@ class ToolSource(abc.ABC):
         """What a permission for this call is about (the command for ``bash``, the path for a
         file tool); ``*`` by default."""
         return "*"
+
+
+# --- the blob boundary -----------------------------------------------------------------------
+#
+# Build archives (and later other large immutable files) live in a `BlobStore`. Adapters
+# (`agentplex.core.blobs`): `LocalBlobStore`, files under the data directory, and
+# `DatabaseBlobStore`, a table that every API replica sharing the database reads.
+
+
+class BlobStore(abc.ABC):
+    """Immutable bytes by key. A key is ``/``-separated segments of ``[a-z0-9._-]`` (each
+    starting with a letter or digit); callers make keys from the content's SHA-256, so writing
+    a key again writes the same bytes."""
+
+    kind: str
+    """``local`` or ``database`` (shown as a build's ``storage_backend``)."""
+
+    @abc.abstractmethod
+    async def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` (replacing what was there), atomically: a reader sees
+        the old bytes or the new, never part of them."""
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> bytes:
+        """The bytes under ``key``; raises `BlobNotFound` when there are none."""
+
+    @abc.abstractmethod
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` holds bytes."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove ``key`` (an unknown key is a no-op)."""

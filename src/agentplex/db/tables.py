@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -168,4 +169,125 @@ session_messages = Table(
     Column("completed", BigInteger, nullable=True),
     Column("data", JSON, nullable=False),
     Index("ix_session_messages_session_id_created_id", "session_id", "created", "id"),
+)
+
+# Hot projects: a name unique in its environment (a slug; never shaped like a UUID, so a
+# reference is either).
+projects = Table(
+    "projects",
+    metadata,
+    Column("project_id", String(36), primary_key=True),
+    Column("env_id", String(36), ForeignKey("environments.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("env_id", "name", name="uq_projects_env_id_name"),
+)
+
+# A project's context variables: values only as AES-256-GCM ciphertext (core.secrets), the
+# associated data binding each to its project and key.
+project_secrets = Table(
+    "project_secrets",
+    metadata,
+    Column(
+        "project_id",
+        String(36),
+        ForeignKey("projects.project_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("key", String(128), primary_key=True),
+    Column("description", Text, nullable=True),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("nonce", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Build archives and other immutable blobs when server.blob_store is "database" (shared by every
+# API replica on the same database); keys are content hashes (core.blobs).
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# A project's uploaded builds (a zip in the blob store under ``blob_key``, its manifest parsed
+# into ``manifest``). At most one deployed and one live build per project.
+builds = Table(
+    "builds",
+    metadata,
+    Column("build_id", String(36), primary_key=True),
+    Column("env_id", String(36), ForeignKey("environments.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "project_id",
+        String(36),
+        ForeignKey("projects.project_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("hash", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("build_type", String(32), nullable=False),
+    Column("blob_key", String(200), nullable=False),
+    Column("storage_backend", String(16), nullable=False),
+    Column("deployed", Boolean, nullable=False),
+    Column("live", Boolean, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("manifest", JSON, nullable=False),
+    Column("deployed_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_builds_env_id_created_at", "env_id", "created_at"),
+    Index("ix_builds_project_id_created_at", "project_id", "created_at"),
+)
+
+# The deployed build's entry points, replaced as a whole at each deploy. ``ns``/``var`` are
+# Hot's names (``::hello::math`` / ``add``), ``function`` the Python one (``hello.math:add``).
+event_handlers = Table(
+    "event_handlers",
+    metadata,
+    Column("event_handler_id", String(36), primary_key=True),
+    Column("env_id", String(36), ForeignKey("environments.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "project_id",
+        String(36),
+        ForeignKey("projects.project_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column(
+        "build_id", String(36), ForeignKey("builds.build_id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("event_type", String(200), nullable=False),
+    Column("ns", String(500), nullable=False),
+    Column("var", String(200), nullable=False),
+    Column("function", String(700), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_event_handlers_env_id_event_type", "env_id", "event_type"),
+    Index("ix_event_handlers_project_id", "project_id"),
+)
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("schedule_id", String(36), primary_key=True),
+    Column("env_id", String(36), ForeignKey("environments.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "project_id",
+        String(36),
+        ForeignKey("projects.project_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column(
+        "build_id", String(36), ForeignKey("builds.build_id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("cron", String(200), nullable=False),
+    Column("tz", String(64), nullable=False),
+    Column("ns", String(500), nullable=False),
+    Column("var", String(200), nullable=False),
+    Column("function", String(700), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_schedules_project_id", "project_id"),
 )

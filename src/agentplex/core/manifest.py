@@ -1,0 +1,270 @@
+"""A build's manifest: the entry points a deployed project declares in ``agentplex.json``.
+
+The file sits at the root of the build archive::
+
+    {
+      "handlers":  [{"event": "user.signup", "function": "hello.handlers:on_signup"}],
+      "schedules": [{"cron": "0 0 * * *", "tz": "Europe/Paris", "function": "hello.tasks:daily"}],
+      "functions": ["hello.math:add"]
+    }
+
+A function is named ``module.path:fn`` (Python) or ``::module::path/fn`` (Hot); its module's
+file (``module/path.py`` or ``module/path/__init__.py``) must be in the archive. Hot's ``ns``
+is the module in ``::a::b`` notation and ``var`` the function. Parsing never imports the
+project's code: it reads the manifest and the archive's file list only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
+
+from agentplex.errors import BadRequest
+
+MANIFEST_NAME = "agentplex.json"
+MANIFEST_VERSION = 1
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_PYTHON_REF = re.compile(rf"^({_IDENT}(?:\.{_IDENT})*):({_IDENT})$")
+_HOT_REF = re.compile(rf"^((?:::{_IDENT})+)/({_IDENT})$")
+_EVENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}$")
+_RESERVED_EVENTS = ("hot:",)  # hot:call and friends are the server's own
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionRef:
+    """A function of the project: ``module`` (dotted) and ``name``."""
+
+    module: str
+    name: str
+
+    @property
+    def target(self) -> str:
+        """``module.path:fn``."""
+        return f"{self.module}:{self.name}"
+
+    @property
+    def ns(self) -> str:
+        """Hot's namespace: ``::module::path``."""
+        return "::" + self.module.replace(".", "::")
+
+    @property
+    def var(self) -> str:
+        """Hot's var: the function's name."""
+        return self.name
+
+    def files(self) -> tuple[str, str]:
+        """The archive paths that can hold the module."""
+        base = self.module.replace(".", "/")
+        return f"{base}.py", f"{base}/__init__.py"
+
+
+def parse_function(text: str) -> FunctionRef:
+    """``module.path:fn`` or ``::module::path/fn`` as a `FunctionRef`; ValueError otherwise."""
+    if match := _PYTHON_REF.match(text):
+        return FunctionRef(match.group(1), match.group(2))
+    if match := _HOT_REF.match(text):
+        return FunctionRef(match.group(1)[2:].replace("::", "."), match.group(2))
+    raise ValueError(f"{text!r} is not a function name: write module.path:function")
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    """Run ``function`` for each event of type ``event``."""
+
+    event: str
+    function: FunctionRef
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleSpec:
+    """Run ``function`` at each time ``cron`` matches, read in time zone ``tz``."""
+
+    cron: str
+    tz: str
+    function: FunctionRef
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What a build declares; empty when the archive has no manifest."""
+
+    handlers: tuple[HandlerSpec, ...] = ()
+    schedules: tuple[ScheduleSpec, ...] = ()
+    functions: tuple[FunctionRef, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as stored with its build (and as ``agentplex.json`` would say it)."""
+        return {
+            "version": MANIFEST_VERSION,
+            "handlers": [{"event": h.event, "function": h.function.target} for h in self.handlers],
+            "schedules": [
+                {"cron": s.cron, "tz": s.tz, "function": s.function.target} for s in self.schedules
+            ],
+            "functions": [f.target for f in self.functions],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Manifest:
+        """The inverse of `to_json` (for stored manifests, which were validated already)."""
+        return cls(
+            handlers=tuple(
+                HandlerSpec(h["event"], parse_function(h["function"]))
+                for h in data.get("handlers", ())
+            ),
+            schedules=tuple(
+                ScheduleSpec(s["cron"], s["tz"], parse_function(s["function"]))
+                for s in data.get("schedules", ())
+            ),
+            functions=tuple(parse_function(f) for f in data.get("functions", ())),
+        )
+
+
+class _Problems:
+    """Collects every mistake in a manifest, so one upload reports them all."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, where: str, what: str) -> None:
+        self.lines.append(f"{where}: {what}")
+
+    def raise_any(self) -> None:
+        if self.lines:
+            shown = "; ".join(self.lines[:10])
+            more = f" (and {len(self.lines) - 10} more)" if len(self.lines) > 10 else ""
+            raise BadRequest(
+                f"Invalid {MANIFEST_NAME}: {shown}{more}. See docs/builds.md for the format.",
+                details=self.lines,
+            )
+
+
+def parse_manifest(raw: bytes, files: Collection[str]) -> Manifest:
+    """Validate ``agentplex.json`` against the archive's ``files``; BadRequest naming every
+    entry at fault (an invalid cron, an unknown time zone, a function whose module is not in
+    the archive, ...)."""
+    problems = _Problems()
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"{MANIFEST_NAME} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"{MANIFEST_NAME} must hold a JSON object")
+    known = {"version", "name", "handlers", "schedules", "functions"}
+    for key in sorted(set(data) - known):
+        problems.add(key, f"unknown key (known: {', '.join(sorted(known))})")
+    version = data.get("version", MANIFEST_VERSION)
+    if version != MANIFEST_VERSION:
+        problems.add("version", f"{version!r} is not supported: use {MANIFEST_VERSION}")
+    available = frozenset(files)
+
+    def function(where: str, value: Any) -> FunctionRef | None:
+        if not isinstance(value, str):
+            problems.add(where, "must be a string like module.path:function")
+            return None
+        try:
+            ref = parse_function(value)
+        except ValueError as exc:
+            problems.add(where, str(exc))
+            return None
+        if not available.intersection(ref.files()):
+            py, package = ref.files()
+            problems.add(where, f"module {ref.module} is not in the archive (no {py} or {package})")
+            return None
+        return ref
+
+    def entries(key: str) -> list[tuple[str, Any]]:
+        value = data.get(key, [])
+        if not isinstance(value, list):
+            problems.add(key, "must be a list")
+            return []
+        return [(f"{key}[{i}]", item) for i, item in enumerate(value)]
+
+    def fields(where: str, item: Any, allowed: set[str]) -> dict[str, Any] | None:
+        if not isinstance(item, dict):
+            problems.add(where, "must be an object")
+            return None
+        for key in sorted(set(item) - allowed):
+            problems.add(f"{where}.{key}", f"unknown key (known: {', '.join(sorted(allowed))})")
+        return item
+
+    handlers: list[HandlerSpec] = []
+    for where, item in entries("handlers"):
+        if (entry := fields(where, item, {"event", "function"})) is None:
+            continue
+        event = entry.get("event")
+        ref = function(f"{where}.function", entry.get("function"))
+        if not isinstance(event, str) or not _EVENT.match(event):
+            problems.add(
+                f"{where}.event",
+                f"{event!r} is not an event type: letters, digits and _ . : - (e.g. user.signup)",
+            )
+        elif event.startswith(_RESERVED_EVENTS):
+            problems.add(f"{where}.event", f"{event!r}: events starting with hot: are reserved")
+        elif ref is not None:
+            spec = HandlerSpec(event, ref)
+            if spec in handlers:
+                problems.add(where, f"repeats the handler of {event} by {ref.target}")
+            else:
+                handlers.append(spec)
+
+    schedules: list[ScheduleSpec] = []
+    for where, item in entries("schedules"):
+        if (entry := fields(where, item, {"cron", "tz", "function"})) is None:
+            continue
+        cron, tz = entry.get("cron"), entry.get("tz", "UTC")
+        ref = function(f"{where}.function", entry.get("function"))
+        cron_ok = _check_cron(problems, f"{where}.cron", cron)
+        tz_ok = _check_tz(problems, f"{where}.tz", tz)
+        if cron_ok and tz_ok and ref is not None:
+            schedule = ScheduleSpec(" ".join(str(cron).split()), str(tz), ref)
+            if schedule in schedules:
+                problems.add(where, f"repeats the schedule {schedule.cron} of {ref.target}")
+            else:
+                schedules.append(schedule)
+
+    functions: list[FunctionRef] = []
+    for where, item in entries("functions"):
+        value = item.get("function") if isinstance(item, dict) else item
+        if (ref := function(where, value)) is not None and ref not in functions:
+            functions.append(ref)
+
+    problems.raise_any()
+    return Manifest(tuple(handlers), tuple(schedules), tuple(functions))
+
+
+def _check_cron(problems: _Problems, where: str, cron: Any) -> bool:
+    if not isinstance(cron, str) or not cron.strip():
+        problems.add(where, 'must be a cron expression such as "0 0 * * *"')
+        return False
+    if len(cron.split()) not in (5, 6):
+        problems.add(
+            where,
+            f"{cron!r} has {len(cron.split())} fields: write 5 (minute hour day month weekday) "
+            "or 6 (with seconds first)",
+        )
+        return False
+    try:
+        CronSim(cron, datetime(2000, 1, 1))
+    except CronSimError as exc:
+        problems.add(where, f"{cron!r} is not a valid cron expression ({exc})")
+        return False
+    return True
+
+
+def _check_tz(problems: _Problems, where: str, tz: Any) -> bool:
+    if not isinstance(tz, str) or not tz:
+        problems.add(where, 'must be an IANA time zone name such as "Europe/Paris" or "UTC"')
+        return False
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        problems.add(where, f"{tz!r} is not a known time zone: use an IANA name like Europe/Paris")
+        return False
+    return True
