@@ -7,7 +7,7 @@ gets every later event still in the ring, then the live ones, with nothing misse
 (The real OpenCode server sends no ids and loses what happened while a client was away.)
 
 Event types and their fields are OpenCode's (``docs/opencode-protocol.md``, section 4).
-Surfaces render an event once and cache the bytes on it (`SessionEvent.rendered`), so a
+Surfaces render an event once and cache the bytes on it (`SessionEvent.encoded`), so a
 hundred subscribers cost one serialisation.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -42,6 +41,9 @@ class SessionEvent:
     - ``message.part.delta``: ``part`` (the part so far) and ``delta`` (1.x servers' per-chunk
       event: ``{sessionID, messageID, partID, field, delta}``)
     - ``permission.updated``, ``permission.replied``: ``extra`` holds the request or answer
+
+    ``encoded`` is the surface's encoding of the event, made once and shared by every
+    subscriber (events are kept by the ten thousand: one slot, not a dict per event).
     """
 
     seq: int
@@ -56,8 +58,8 @@ class SessionEvent:
     field: str = "text"
     status: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
-    rendered: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    extra: dict[str, Any] | None = None
+    encoded: bytes | None = None
 
 
 class _Subscriber:
@@ -168,7 +170,7 @@ class SessionEventLog:
         if len(ring) > _RENDERED_KEPT:
             # old events are only read again by a reconnecting client: their encodings are
             # dropped (made again on demand) so the ring holds each event's data once
-            ring[-_RENDERED_KEPT - 1].rendered.clear()
+            ring[-_RENDERED_KEPT - 1].encoded = None
         _deliver(log.subscribers, event)
         if session_id is not None and log.by_session:
             followers = log.by_session.get(session_id)

@@ -2,7 +2,7 @@
 (``docs/opencode-protocol.md`` section 3 and 4). Times are epoch milliseconds.
 
 Events are encoded once: the bytes of each rendering are cached on the event
-(`SessionEvent.rendered`), so a hundred subscribers cost one JSON encoding, not a hundred.
+(`SessionEvent.encoded`), so a hundred subscribers cost one JSON encoding, not a hundred.
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ from agentplex.core.session_model import Message, Part, Session
 
 VERSION = __version__
 DEFAULT_DIRECTORY = "/workspace"
-
-# keys of `SessionEvent.rendered`
-_PROPS = "opencode.props"
 
 
 def dumps(data: Any) -> bytes:
@@ -172,7 +169,7 @@ def event_properties(event: SessionEvent) -> dict[str, Any]:
             "delta": event.delta or "",
         }
     props = {"sessionID": sid} if sid is not None else {}
-    props.update(event.extra)
+    props.update(event.extra or {})
     if event.error is not None and "error" not in props:
         props["error"] = event.error
     return props
@@ -199,10 +196,10 @@ def parse_cursor(raw: str | None) -> int | None:
 
 def event_properties_bytes(event: SessionEvent) -> bytes:
     """The JSON of the event's properties (cached on the event)."""
-    cached = event.rendered.get(_PROPS)
+    cached = event.encoded
     if cached is None:
         # orjson's bytes keep their 4 KiB working buffer: a tight copy is what the ring holds
-        cached = event.rendered[_PROPS] = memoryview(dumps(event_properties(event))).tobytes()
+        cached = event.encoded = memoryview(dumps(event_properties(event))).tobytes()
     return cached
 
 
