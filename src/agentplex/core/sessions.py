@@ -1123,10 +1123,11 @@ class _WriteBehind:
             batch, self._pending = self._pending, {}
             try:
                 async with self._db.write() as conn:
+                    await store.save_messages(
+                        conn, [i for i in batch.values() if isinstance(i, Message)]
+                    )
                     for item in batch.values():
-                        if isinstance(item, Message):
-                            await store.save_message(conn, item)
-                        else:
+                        if isinstance(item, Session):
                             await store.save_session(conn, item)
             except Exception:
                 # one bad record must not hold the others back: store them one by one

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, RowMapping, Select, func, select
+from sqlalchemy import ColumnElement, RowMapping, Select, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -161,28 +161,51 @@ def _session(row: RowMapping) -> Session:
 # -- messages ----------------------------------------------------------------------------------
 
 
+_UPSERTS: dict[str, Any] = {}
+
+
+def _message_upsert(dialect: str) -> Any:
+    """The message upsert, built once per dialect with bound parameters (building and
+    hashing a fresh statement per call costs more than SQLite takes to run it)."""
+    stmt = _UPSERTS.get(dialect)
+    if stmt is None:
+        env_id = (
+            select(sessions.c.env_id).where(sessions.c.id == bindparam("sid")).scalar_subquery()
+        )
+        insert = (postgresql if dialect == "postgresql" else sqlite).insert(session_messages)
+        insert = insert.values(
+            id=bindparam("id"),
+            session_id=bindparam("sid"),
+            env_id=env_id,
+            role=bindparam("role"),
+            created=bindparam("created"),
+            completed=bindparam("completed"),
+            data=bindparam("data", type_=session_messages.c.data.type),
+        )
+        replace = ("role", "created", "completed", "data")
+        stmt = _UPSERTS[dialect] = insert.on_conflict_do_update(
+            index_elements=[session_messages.c.id],
+            set_={k: insert.excluded[k] for k in replace},
+        )
+    return stmt
+
+
+async def save_messages(conn: AsyncConnection, messages: Sequence[Message]) -> None:
+    """`save_message` for several messages, in one statement execution."""
+    if not messages:
+        return
+    rows = []
+    for m in messages:
+        values = _message_values(m)
+        values["sid"] = values.pop("session_id")
+        rows.append(values)
+    await conn.execute(_message_upsert(conn.dialect.name), rows)
+
+
 async def save_message(conn: AsyncConnection, m: Message) -> None:
     """Insert the message with its parts, or replace the stored one with the same id (its
     session stays the one it was first stored in). The session must exist."""
-    env_id = select(sessions.c.env_id).where(sessions.c.id == m.session_id).scalar_subquery()
-    values = {**_message_values(m), "env_id": env_id}
-    replace = ("role", "created", "completed", "data")
-    if conn.dialect.name == "postgresql":
-        pg = postgresql.insert(session_messages).values(**values)
-        await conn.execute(
-            pg.on_conflict_do_update(
-                index_elements=[session_messages.c.id],
-                set_={k: pg.excluded[k] for k in replace},
-            )
-        )
-    else:
-        lite = sqlite.insert(session_messages).values(**values)
-        await conn.execute(
-            lite.on_conflict_do_update(
-                index_elements=[session_messages.c.id],
-                set_={k: lite.excluded[k] for k in replace},
-            )
-        )
+    await save_messages(conn, [m])
 
 
 async def get_message(conn: AsyncConnection, session_id: str, message_id: str) -> Message | None:
