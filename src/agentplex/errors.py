@@ -235,3 +235,14 @@ class BuildNotFound(NotFound):
 class BlobNotFound(ServiceUnavailable):
     """A stored file is missing from the blob store. With several API replicas, set
     server.blob_store = "database" so that every replica reads the same store."""
+
+
+# -- events and runs -------------------------------------------------------------------------------
+
+
+class EventNotFound(NotFound):
+    """Event not found"""  # Hot's page spells its not-found messages without a stop
+
+
+class RunNotFound(NotFound):
+    """Run not found"""

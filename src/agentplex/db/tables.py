@@ -291,3 +291,68 @@ schedules = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_schedules_project_id", "project_id"),
 )
+
+# Published events (immutable). The runs an event starts write to its stream (``stream_id``).
+events = Table(
+    "events",
+    metadata,
+    Column("event_id", String(36), primary_key=True),
+    Column("env_id", String(36), ForeignKey("environments.id", ondelete="CASCADE"), nullable=False),
+    Column("project_id", String(36), nullable=True),
+    Column("stream_id", String(36), nullable=False),
+    Column("event_type", String(200), nullable=False),
+    Column("event_data", JSON, nullable=False),
+    Column("origin_run_id", String(36), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_events_env_id_created_at", "env_id", "created_at"),
+)
+
+# The durable run queue and the runs' history (engine.queue). A run is claimable when it is
+# ``queued`` and ``available_at`` (creation, or the retry time) has come; ``fence`` goes up at
+# each claim, and every write of the holder is guarded by it.
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("env_id", String(36), ForeignKey("environments.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "project_id",
+        String(36),
+        ForeignKey("projects.project_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("build_id", String(36), nullable=True),
+    Column("event_id", String(36), nullable=True),
+    Column("stream_id", String(36), nullable=False),
+    Column("run_type", String(16), nullable=False),
+    Column("ns", String(500), nullable=False),
+    Column("var", String(200), nullable=False),
+    Column("function", String(700), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("input", JSON, nullable=True),
+    Column("result", JSON, nullable=True),
+    Column("error", JSON, nullable=True),
+    Column("attempt", Integer, nullable=False),
+    Column("retry_attempt", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("available_at", DateTime(timezone=True), nullable=False),
+    Column("next_retry_at", DateTime(timezone=True), nullable=True),
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+    Column("fence", Integer, nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=True),
+    Column("timeout_seconds", Float, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("origin_run_id", String(36), nullable=True),
+    Column("dedupe_key", String(300), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("stopped_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("env_id", "dedupe_key", name="uq_runs_env_id_dedupe_key"),
+    Index("ix_runs_status_available_at", "status", "available_at"),
+    Index("ix_runs_status_lease_expires_at", "status", "lease_expires_at"),
+    Index("ix_runs_env_id_status", "env_id", "status"),
+    Index("ix_runs_env_id_created_at", "env_id", "created_at"),
+    Index("ix_runs_event_id", "event_id"),
+    Index("ix_runs_project_id", "project_id"),
+)

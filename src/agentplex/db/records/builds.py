@@ -25,9 +25,11 @@ def _insert(conn: AsyncConnection, table: Any) -> Any:
 
 async def insert(conn: AsyncConnection, values: Mapping[str, Any]) -> bool:
     """Insert a build; False (and nothing written) when its ``build_id`` exists already."""
-    query = _insert(conn, builds).values(**values).on_conflict_do_nothing()
-    result = await conn.execute(query)
-    return bool(result.rowcount)
+    query = (
+        _insert(conn, builds).values(**values).on_conflict_do_nothing().returning(builds.c.build_id)
+    )
+    # rowcount is -1 after an INSERT on psycopg: what comes back says whether it wrote
+    return (await conn.execute(query)).first() is not None
 
 
 async def get(conn: AsyncConnection, build_id: str) -> Row | None:

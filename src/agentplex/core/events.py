@@ -1,0 +1,342 @@
+"""Events and the runs they start.
+
+Publishing writes the event and one queued run per matching handler of the environment's
+deployed builds in the caller's transaction, so an accepted event never lacks its runs (and a
+failure leaves neither). A ``hot:call`` event (``{"fn": "::a::b/fn" | "a.b:fn", "args": [...]}``)
+queues one ``call`` run of that function, found among the deployed builds' functions.
+
+The runs of one event share the event's stream (``stream_id``), which is where their output and
+state changes go. Queued runs are then claimed by workers through `agentplex.engine.queue`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from agentplex.core.clock import aware, new_id, utcnow
+from agentplex.core.manifest import FunctionRef, Manifest, parse_function
+from agentplex.db.records import events as records
+from agentplex.db.records import runs as run_records
+from agentplex.errors import BadRequest
+
+CALL_EVENT = "hot:call"
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_EVENT_TYPE_LENGTH = 200
+
+RunType = Literal["call", "event", "schedule", "run", "eval", "repl"]
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+RUN_TYPES: tuple[str, ...] = ("call", "event", "schedule", "run", "eval", "repl")
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    event_id: str
+    env_id: str
+    project_id: str | None
+    stream_id: str
+    event_type: str
+    event_data: Any
+    origin_run_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A run as stored (``project_name`` only where the query joined it)."""
+
+    run_id: str
+    env_id: str
+    project_id: str
+    build_id: str | None
+    event_id: str | None
+    stream_id: str
+    run_type: str
+    ns: str
+    var: str
+    function: str
+    status: str
+    input: Any
+    result: Any
+    error: Any
+    attempt: int
+    retry_attempt: int
+    max_attempts: int
+    available_at: datetime
+    next_retry_at: datetime | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    fence: int
+    heartbeat_at: datetime | None
+    timeout_seconds: float | None
+    cancel_requested: bool
+    origin_run_id: str | None
+    dedupe_key: str | None
+    created_at: datetime
+    started_at: datetime | None
+    stopped_at: datetime | None
+    project_name: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+def _when(value: datetime | None) -> datetime | None:
+    return aware(value) if value is not None else None
+
+
+def event_from_row(row: Mapping[str, Any]) -> Event:
+    return Event(
+        event_id=row["event_id"],
+        env_id=row["env_id"],
+        project_id=row["project_id"],
+        stream_id=row["stream_id"],
+        event_type=row["event_type"],
+        event_data=row["event_data"],
+        origin_run_id=row["origin_run_id"],
+        created_at=aware(row["created_at"]),
+    )
+
+
+def run_from_row(row: Mapping[str, Any]) -> Run:
+    return Run(
+        run_id=row["run_id"],
+        env_id=row["env_id"],
+        project_id=row["project_id"],
+        build_id=row["build_id"],
+        event_id=row["event_id"],
+        stream_id=row["stream_id"],
+        run_type=row["run_type"],
+        ns=row["ns"],
+        var=row["var"],
+        function=row["function"],
+        status=row["status"],
+        input=row["input"],
+        result=row["result"],
+        error=row["error"],
+        attempt=int(row["attempt"]),
+        retry_attempt=int(row["retry_attempt"]),
+        max_attempts=int(row["max_attempts"]),
+        available_at=aware(row["available_at"]),
+        next_retry_at=_when(row["next_retry_at"]),
+        lease_owner=row["lease_owner"],
+        lease_expires_at=_when(row["lease_expires_at"]),
+        fence=int(row["fence"]),
+        heartbeat_at=_when(row["heartbeat_at"]),
+        timeout_seconds=row["timeout_seconds"],
+        cancel_requested=bool(row["cancel_requested"]),
+        origin_run_id=row["origin_run_id"],
+        dedupe_key=row["dedupe_key"],
+        created_at=aware(row["created_at"]),
+        started_at=_when(row["started_at"]),
+        stopped_at=_when(row["stopped_at"]),
+        project_name=row.get("project_name"),
+    )
+
+
+def new_run_row(
+    env_id: str,
+    *,
+    project_id: str,
+    build_id: str | None,
+    run_type: RunType,
+    function: FunctionRef,
+    input: Any,
+    stream_id: str | None = None,
+    event_id: str | None = None,
+    origin_run_id: str | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    timeout_seconds: float | None = None,
+    dedupe_key: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The row of a new queued run, due at once (``available_at`` = now)."""
+    if run_type not in RUN_TYPES:
+        raise BadRequest(f"run type {run_type!r} is not one of {', '.join(RUN_TYPES)}")
+    if max_attempts < 1:
+        raise BadRequest(f"max_attempts is {max_attempts}: a run needs at least 1 attempt")
+    now = now or utcnow()
+    return {
+        "run_id": new_id(),
+        "env_id": env_id,
+        "project_id": project_id,
+        "build_id": build_id,
+        "event_id": event_id,
+        "stream_id": stream_id or new_id(),
+        "run_type": run_type,
+        "ns": function.ns,
+        "var": function.var,
+        "function": function.target,
+        "status": "queued",
+        "input": input,
+        "result": None,
+        "error": None,
+        "attempt": 0,
+        "retry_attempt": 0,
+        "max_attempts": max_attempts,
+        "available_at": now,
+        "next_retry_at": None,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "fence": 0,
+        "heartbeat_at": None,
+        "timeout_seconds": timeout_seconds,
+        "cancel_requested": False,
+        "origin_run_id": origin_run_id,
+        "dedupe_key": dedupe_key,
+        "created_at": now,
+        "started_at": None,
+        "stopped_at": None,
+    }
+
+
+async def enqueue(conn: AsyncConnection, row: Mapping[str, Any], *, notify: bool = True) -> bool:
+    """Queue one run (a `new_run_row`) in the caller's transaction. With a ``dedupe_key``
+    (a schedule's fire), False and nothing written when the environment has that key already.
+    Workers of other processes are notified at commit (PostgreSQL); call the queue's
+    ``notify()`` after the commit for this process's."""
+    inserted = await run_records.insert_once(conn, row)
+    if inserted and notify:
+        await run_records.notify(conn, str(row["env_id"]))
+    return inserted
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A published event and the runs it queued."""
+
+    event: Event
+    runs: tuple[Run, ...]
+
+
+async def publish(
+    conn: AsyncConnection,
+    env_id: str,
+    event_type: str,
+    event_data: Any,
+    *,
+    origin_run_id: str | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> Published:
+    """Write the event and its queued runs in the caller's (write) transaction: one ``event``
+    run per handler of ``event_type`` in the environment's deployed builds of active projects,
+    or, for ``hot:call``, one ``call`` run of the named function. BadRequest for an invalid
+    event or an unknown function. Other processes' workers are notified at commit
+    (PostgreSQL); call the queue's ``notify()`` after the commit for this process's."""
+    _check_event_type(event_type)
+    now = utcnow()
+    event_id, stream_id = new_id(), new_id()
+    project_id: str | None = None
+
+    def queued(
+        row: Mapping[str, Any], run_type: RunType, function: FunctionRef, input: Any
+    ) -> dict[str, Any]:
+        return new_run_row(
+            env_id,
+            project_id=row["project_id"],
+            build_id=row["build_id"],
+            run_type=run_type,
+            function=function,
+            input=input,
+            stream_id=stream_id,
+            event_id=event_id,
+            origin_run_id=origin_run_id,
+            max_attempts=max_attempts,
+            now=now,
+        )
+
+    rows: list[dict[str, Any]] = []
+    if event_type == CALL_EVENT:
+        fn, args = _call_arguments(event_data)
+        ref, build = await _resolve_function(conn, env_id, fn)
+        project_id = build["project_id"]
+        rows.append(queued(build, "call", ref, {"fn": fn, "args": args}))
+    else:
+        payload = {"event_id": event_id, "event_type": event_type, "event_data": event_data}
+        for handler in await records.matching_handlers(conn, env_id, event_type):
+            rows.append(queued(handler, "event", parse_function(handler["function"]), payload))
+    event = {
+        "event_id": event_id,
+        "env_id": env_id,
+        "project_id": project_id,
+        "stream_id": stream_id,
+        "event_type": event_type,
+        "event_data": event_data,
+        "origin_run_id": origin_run_id,
+        "created_at": now,
+    }
+    await records.insert(conn, event)
+    await run_records.insert(conn, rows)
+    if rows:
+        await run_records.notify(conn, env_id)
+    return Published(event_from_row(event), tuple(run_from_row(r) for r in rows))
+
+
+def _check_event_type(event_type: Any) -> None:
+    if not isinstance(event_type, str) or not event_type.strip():
+        raise BadRequest("event_type is required: a string such as user.signup")
+    if len(event_type) > MAX_EVENT_TYPE_LENGTH:
+        raise BadRequest(
+            f"event_type is {len(event_type)} characters long; the limit is {MAX_EVENT_TYPE_LENGTH}"
+        )
+
+
+def _call_arguments(event_data: Any) -> tuple[str, list[Any] | dict[str, Any]]:
+    if not isinstance(event_data, dict):
+        raise BadRequest('hot:call needs event_data {"fn": "::module::path/fn", "args": [...]}')
+    fn = event_data.get("fn")
+    if not isinstance(fn, str) or not fn:
+        raise BadRequest('hot:call needs event_data.fn, e.g. "::hello::math/add"')
+    args = event_data.get("args")
+    if args is None:
+        args = []
+    if not isinstance(args, list | dict):
+        raise BadRequest(
+            "hot:call event_data.args must be a list (positional arguments) or an object "
+            f"(keyword arguments), not {type(args).__name__}"
+        )
+    return fn, args
+
+
+async def _resolve_function(
+    conn: AsyncConnection, env_id: str, fn: str
+) -> tuple[FunctionRef, dict[str, Any]]:
+    """The function ``fn`` names and the deployed build (row) that declares it."""
+    try:
+        ref = parse_function(fn)
+    except ValueError:
+        raise BadRequest(
+            f"hot:call fn {fn!r} is not a function name: write ::module::path/fn or module.path:fn"
+        ) from None
+    found = [
+        build
+        for build in await records.deployed_builds(conn, env_id)
+        if ref in _callable(Manifest.from_json(build["manifest"]))
+    ]
+    if not found:
+        raise BadRequest(
+            f"hot:call fn {fn!r} is not a function of any deployed build in this environment: "
+            "declare it in agentplex.json (functions) and deploy the build"
+        )
+    if len(found) > 1:
+        names = ", ".join(str(b["project_name"]) for b in found)
+        raise BadRequest(
+            f"hot:call fn {fn!r} is declared by several deployed projects ({names}): "
+            "give the function a module path of its own in each project"
+        )
+    return ref, found[0]
+
+
+def _callable(manifest: Manifest) -> set[FunctionRef]:
+    """Every function a build declares: its functions, handlers and scheduled functions."""
+    return {
+        *manifest.functions,
+        *(h.function for h in manifest.handlers),
+        *(s.function for s in manifest.schedules),
+    }
