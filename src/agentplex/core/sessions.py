@@ -777,6 +777,17 @@ class SessionService:
             "time": {"created": now_ms()},
         }
         self.events.append(session.env_id, "permission.updated", session.id, extra=info)
+        # the same request as OpenCode 1.x servers announce it (its v2 SDK reads this one)
+        asked = {
+            "id": request.id,
+            "sessionID": session.id,
+            "permission": tool,
+            "patterns": [pattern],
+            "metadata": dict(state.get("input", {})),
+            "always": [pattern],
+            "tool": {"messageID": message.id, "callID": part.data.get("callID")},
+        }
+        self.events.append(session.env_id, "permission.asked", session.id, extra=asked)
         try:
             return await request.answer
         finally:
@@ -798,7 +809,14 @@ class SessionService:
             env_id,
             "permission.replied",
             session_id,
-            extra={"sessionID": session_id, "permissionID": permission_id, "response": response},
+            # the v1 SDK's names and the 1.x server's, together
+            extra={
+                "sessionID": session_id,
+                "permissionID": permission_id,
+                "response": response,
+                "requestID": permission_id,
+                "reply": response,
+            },
         )
 
     # -- the session's sandbox --------------------------------------------------------------

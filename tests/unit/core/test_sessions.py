@@ -321,6 +321,9 @@ async def test_ask_pauses_the_turn_until_answered_once(make: Callable[..., Harne
         turn = asyncio.create_task(h.service.prompt(h.env, session.id, text("TOOL")))
         request = await _permission(h, session.id)
         assert request["type"] == "bash" and request["pattern"] == "echo hello-from-tool"
+        asked = [e.extra for e in h.events() if e.type == "permission.asked"]
+        assert asked and asked[0]["id"] == request["id"]
+        assert asked[0]["patterns"] == ["echo hello-from-tool"] and asked[0]["permission"] == "bash"
         assert not turn.done()
         with pytest.raises(PermissionNotFound):
             await h.service.reply_permission(h.env, session.id, "per_nope", "once")
