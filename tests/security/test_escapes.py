@@ -203,7 +203,9 @@ async def test_fork_bomb_is_contained(manager: SandboxManager) -> None:
         h,
         "POST",
         "/execute",
-        json={"language": "bash", "timeout": 3, "code": "bomb() { bomb | bomb & }; bomb; wait"},
+        # long enough for a loaded CI machine to fork up to the limit (it takes milliseconds
+        # when idle; the call ends at the timeout either way)
+        json={"language": "bash", "timeout": 8, "code": "bomb() { bomb | bomb & }; bomb; wait"},
     )
     assert status in (200, 408)
     # the limit was what stopped it: forks were refused at pids.max (64), and bash said so
