@@ -63,7 +63,10 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results" / "sessions.json"
-OPENCODE = ROOT / "tests/compat/js/node_modules/opencode-linux-x64/bin/opencode"
+sys.path.insert(0, str(ROOT))  # the OpenCode home the compat tests use
+
+from tests.compat.opencode_home import OPENCODE_BINARY, prepare, serve_command  # noqa: E402
+
 KEY = "bench-sessions-key"
 PROMPT = "Answer with TOKENS please."
 TARGET_ADDED_MS = 2.0
@@ -222,36 +225,9 @@ def _agentplex(
 
 def _opencode(workdir: Path, model_url: str) -> Server:
     """The real OpenCode server, offline, with the fake model (docs/opencode-protocol.md)."""
-    work = workdir / "opencode" / "work"
-    work.mkdir(parents=True)
-    config = {
-        "model": "fake/fake-model",
-        "small_model": "fake/fake-model",
-        "share": "disabled",
-        "autoupdate": False,
-        "provider": {
-            "fake": {
-                "npm": "@ai-sdk/openai-compatible",
-                "name": "Fake",
-                "options": {"baseURL": model_url, "apiKey": "x"},
-                "models": {"fake-model": {"name": "Fake Model", "tool_call": True}},
-            }
-        },
-    }
-    (work / "opencode.json").write_text(json.dumps(config))
-    xdg = workdir / "opencode" / "xdg"
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(xdg / "home"),
-        "XDG_DATA_HOME": str(xdg / "data"),
-        "XDG_CONFIG_HOME": str(xdg / "config"),
-        "XDG_CACHE_HOME": str(xdg / "cache"),
-        "XDG_STATE_HOME": str(xdg / "state"),
-        "OPENCODE_DISABLE_MODELS_FETCH": "1",
-        "OPENCODE_DISABLE_AUTOUPDATE": "1",
-    }
+    work, env = prepare(workdir / "opencode", model_url)
     port = _free_port()
-    command = [str(OPENCODE), "serve", "--port", str(port), "--hostname", "127.0.0.1"]
+    command = serve_command(port)
     return Server(
         "opencode", command, env, port, cwd=work, ready="/session", log=workdir / "opencode.log"
     )
@@ -766,9 +742,9 @@ def _versions() -> dict[str, str]:
             found[dist] = version(dist)
         except Exception:
             found[dist] = "not installed"
-    if OPENCODE.exists():
+    if OPENCODE_BINARY.exists():
         found["opencode"] = subprocess.run(
-            [str(OPENCODE), "--version"], capture_output=True, text=True, check=False
+            [str(OPENCODE_BINARY), "--version"], capture_output=True, text=True, check=False
         ).stdout.strip()
     return found
 
@@ -841,9 +817,11 @@ def main() -> int:
                     tokens=args.tokens,
                 )
                 servers = [openai_ap, scripted_ap, scripted200]
-                use_opencode = not args.no_opencode and OPENCODE.exists()
+                use_opencode = not args.no_opencode and OPENCODE_BINARY.exists()
                 if not args.no_opencode and not use_opencode:
-                    print(f"OpenCode not installed ({OPENCODE}); `cd tests/compat/js && npm ci`")
+                    print(
+                        f"OpenCode not installed ({OPENCODE_BINARY}): run scripts/install --test"
+                    )
                 opencode = _opencode(workdir, model.url) if use_opencode else None
                 if opencode:
                     servers.append(opencode)

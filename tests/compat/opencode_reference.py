@@ -34,10 +34,11 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.compat.opencode_home import OPENCODE_BINARY, prepare, serve_command
+
 HERE = Path(__file__).parent
 FAKE_OPENAI = HERE / "fixtures" / "opencode" / "fake_openai.py"
 JS_DIR = HERE / "js"
-OPENCODE_BINARY = JS_DIR / "node_modules" / "opencode-linux-x64" / "bin" / "opencode"
 OPENCODE_VERSION = "1.18.33"
 
 # The fake model's scripted answers (fake_openai.py)
@@ -84,47 +85,16 @@ def opencode_binary() -> Path:
     return OPENCODE_BINARY
 
 
-def opencode_config(model_url: str) -> dict[str, Json]:
-    """An ``opencode.json`` giving OpenCode the fake model (docs/opencode-protocol.md)."""
-    return {
-        "model": "fake/fake-model",
-        "small_model": "fake/fake-model",
-        "share": "disabled",
-        "autoupdate": False,
-        "provider": {
-            "fake": {
-                "npm": "@ai-sdk/openai-compatible",
-                "name": "Fake",
-                "options": {"baseURL": model_url, "apiKey": "x"},
-                "models": {"fake-model": {"name": "Fake Model", "tool_call": True}},
-            }
-        },
-    }
-
-
 @contextmanager
 def opencode_server(model_url: str, scratch: Path) -> Iterator[str]:
     """The real OpenCode server, offline, in ``scratch``; its base URL."""
-    binary = opencode_binary()
-    work = scratch / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "opencode.json").write_text(json.dumps(opencode_config(model_url)))
-    xdg = scratch / "xdg"
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(xdg / "home"),
-        "XDG_DATA_HOME": str(xdg / "data"),
-        "XDG_CONFIG_HOME": str(xdg / "config"),
-        "XDG_CACHE_HOME": str(xdg / "cache"),
-        "XDG_STATE_HOME": str(xdg / "state"),
-        "OPENCODE_DISABLE_MODELS_FETCH": "1",
-        "OPENCODE_DISABLE_AUTOUPDATE": "1",
-    }
+    opencode_binary()
+    work, env = prepare(scratch, model_url)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (scratch / "opencode.log").open("wb")
     process = subprocess.Popen(
-        [str(binary), "serve", "--port", str(port), "--hostname", "127.0.0.1"],
+        serve_command(port),
         cwd=work,
         env=env,
         stdout=log,

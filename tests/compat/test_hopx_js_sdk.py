@@ -12,80 +12,33 @@ import asyncio
 import json
 import os
 import re
-import shutil
-import subprocess
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from agentplex.core import apikeys, environments
 from agentplex.db import migrate
 from agentplex.db.engine import Database
 from agentplex.settings import Settings, load_settings
-from tests.conftest import BACKENDS, PG_URL, LiveServer, SettingsFactory
+from tests.compat import node_scripts
+from tests.compat.conftest import module_database
+from tests.compat.node_scripts import Result
+from tests.conftest import BACKENDS, LiveServer, SettingsFactory
 
-JS_DIR = Path(__file__).parent / "js"
-SDK_PACKAGE = JS_DIR / "node_modules" / "@hopx-ai" / "sdk" / "package.json"
-
-Result = dict[str, Any]
 # The script takes about 10 s; much longer on a loaded machine (its steps give up after 60 s).
 SCRIPT_TIMEOUT = 400
 pytestmark = pytest.mark.timeout(SCRIPT_TIMEOUT + 120)
 
 
-def node() -> str:
-    """The node binary, or a failure saying what is missing (never a silent skip)."""
-    binary = shutil.which("node")
-    if binary is None:
-        pytest.fail(
-            "Node.js is not installed, so the official JS SDK cannot be tested: install node "
-            "(>= 18) and npm, then run scripts/install --test"
-        )
-    if not SDK_PACKAGE.exists():
-        pytest.fail(
-            f"@hopx-ai/sdk is not installed in {JS_DIR}: run scripts/install --test "
-            "(it runs `npm ci` there)"
-        )
-    return binary
+SDK = "@hopx-ai/sdk"
 
 
 def run_script(server: LiveServer, key: str, out: Path, script: str, *args: str) -> Result:
     """Run one of the js/ scripts against ``server``; its JSON result."""
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": os.environ.get("HOME", "/tmp"),
-        "HOPX_BASE_URL": server.url,
-        "HOPX_API_KEY": key,
-        "HOPX_RESULT_FILE": str(out),
-    }
-    try:
-        done = subprocess.run(
-            [node(), str(JS_DIR / script), *args],
-            env=env,
-            cwd=JS_DIR,
-            capture_output=True,
-            text=True,
-            timeout=SCRIPT_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired as exc:
-        # the script saves its result after every step: say where it stood
-        partial = json.loads(out.read_text())["steps"] if out.exists() else {}
-        last = list(partial)[-1:] or ["(none)"]
-        raise AssertionError(
-            f"{script} did not finish in {SCRIPT_TIMEOUT}s; last step {last[0]}: "
-            f"{json.dumps(partial.get(last[0]))}\nstderr:\n{exc.stderr!r}"
-        ) from None
-    assert done.returncode == 0 and out.exists(), (
-        f"{script} exited {done.returncode}\nstdout:\n{done.stdout[-4000:]}\n"
-        f"stderr:\n{done.stderr[-4000:]}"
-    )
-    result: Result = json.loads(out.read_text())
-    return result
+    env = {"HOPX_BASE_URL": server.url, "HOPX_API_KEY": key, "HOPX_RESULT_FILE": str(out)}
+    return node_scripts.run_script(SDK, script, *args, env=env, out=out, timeout=SCRIPT_TIMEOUT)
 
 
 async def _create_key(settings: Settings) -> str:
@@ -106,31 +59,14 @@ def new_key(settings: Settings) -> str:
     return asyncio.run(_create_key(settings))
 
 
-@contextmanager
-def _database(backend: str, tmp: Path) -> Iterator[str]:
-    """conftest's ``database_url``, for a module-scoped server."""
-    if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp / 'agentplex.db'}"
-        return
-    schema = "t_" + uuid.uuid4().hex[:16]
-    libpq = PG_URL.replace("+psycopg", "")
-    with psycopg.connect(libpq, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(libpq, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
 @pytest.fixture(scope="module", params=BACKENDS)
 def js(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Result]:
     """The main script's result, against a server with auth on and default rate limits."""
-    node()
+    node_scripts.node(SDK)
     tmp = tmp_path_factory.mktemp("js-sdk")
-    with pytest.MonkeyPatch.context() as mp, _database(request.param, tmp) as url:
+    with pytest.MonkeyPatch.context() as mp, module_database(request.param, tmp) as url:
         for name in list(os.environ):  # a developer's own settings must not leak in
             if name.startswith("AGENTPLEX_") or name == "HOTPLEX_API_KEY":
                 mp.delenv(name)
@@ -356,7 +292,7 @@ def test_no_request_failed_but_those_meant_to(js: Result) -> None:
 def test_a_low_configured_limit_gives_the_sdk_429_with_retry_after(
     make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    node()
+    node_scripts.node(SDK)
     monkeypatch.setenv("AGENTPLEX_RATE_LIMIT_HOPX_DATA", "20/second")
     settings = make_settings(sandbox={"pool_size": 0})
     key = new_key(settings)

@@ -10,11 +10,8 @@ installed by `scripts/install --test` (`npm ci` in tests/compat/js).
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,66 +19,29 @@ from typing import Any
 import pytest
 
 from agentplex.settings import load_settings
-from tests.compat.conftest import API_KEY
+from tests.compat import node_scripts
+from tests.compat.conftest import API_KEY, module_database
+from tests.compat.node_scripts import Result
 from tests.compat.opencode_reference import HELLO, TOOL_ANSWER, TOOL_OUTPUT, fake_model
-from tests.compat.test_hopx_js_sdk import _database
 from tests.conftest import BACKENDS, LiveServer
 
-JS_DIR = Path(__file__).parent / "js"
-SDK_PACKAGE = JS_DIR / "node_modules" / "@opencode-ai" / "sdk" / "package.json"
 SCRIPT_TIMEOUT = 300
 pytestmark = pytest.mark.timeout(SCRIPT_TIMEOUT + 120)
 
-Result = dict[str, Any]
 
-
-def node() -> str:
-    """The node binary, or a failure saying what is missing (never a silent skip)."""
-    binary = shutil.which("node")
-    if binary is None:
-        pytest.fail(
-            "Node.js is not installed, so the OpenCode JS SDK cannot be tested: install node "
-            "(>= 18) and npm, then run scripts/install --test"
-        )
-    if not SDK_PACKAGE.exists():
-        pytest.fail(
-            f"@opencode-ai/sdk is not installed in {JS_DIR}: run scripts/install --test "
-            "(it runs `npm ci` there)"
-        )
-    return binary
+SDK = "@opencode-ai/sdk"
 
 
 def run_script(url: str, out: Path, secret: str) -> Result:
     env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": os.environ.get("HOME", "/tmp"),
         "OPENCODE_BASE_URL": url,
         "OPENCODE_API_KEY": API_KEY,
         "OPENCODE_RESULT_FILE": str(out),
         "OPENCODE_SECRET": secret,
     }
-    try:
-        done = subprocess.run(
-            [node(), str(JS_DIR / "opencode_sdk.mjs")],
-            env=env,
-            cwd=JS_DIR,
-            capture_output=True,
-            text=True,
-            timeout=SCRIPT_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired as exc:
-        partial = json.loads(out.read_text())["steps"] if out.exists() else {}
-        last = list(partial)[-1:] or ["(none)"]
-        raise AssertionError(
-            f"opencode_sdk.mjs did not finish in {SCRIPT_TIMEOUT}s; last step {last[0]}: "
-            f"{json.dumps(partial.get(last[0]))}\nstderr:\n{exc.stderr!r}"
-        ) from None
-    assert done.returncode == 0 and out.exists(), (
-        f"opencode_sdk.mjs exited {done.returncode}\nstdout:\n{done.stdout[-4000:]}\n"
-        f"stderr:\n{done.stderr[-4000:]}"
+    return node_scripts.run_script(
+        SDK, "opencode_sdk.mjs", env=env, out=out, timeout=SCRIPT_TIMEOUT
     )
-    result: Result = json.loads(out.read_text())
-    return result
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -89,12 +49,12 @@ def js(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Result]:
     """The script's result against agentplex (auth on) with the fake model, per backend."""
-    node()
+    node_scripts.node(SDK)
     tmp = tmp_path_factory.mktemp("opencode-js")
     secret = "sk-compat-" + secrets.token_hex(8)  # the model key agentplex holds
     with (
         pytest.MonkeyPatch.context() as mp,
-        _database(request.param, tmp) as url,
+        module_database(request.param, tmp) as url,
         fake_model() as model_url,
     ):
         for name in list(os.environ):  # a developer's own settings must not leak in

@@ -21,9 +21,8 @@ import opencode_ai
 import pytest
 
 from agentplex.settings import load_settings
-from tests.compat.conftest import API_KEY
+from tests.compat.conftest import API_KEY, module_database
 from tests.compat.opencode_reference import HELLO, fake_model
-from tests.compat.test_hopx_js_sdk import _database
 from tests.conftest import BACKENDS, LiveServer
 
 pytestmark = pytest.mark.timeout(180)
@@ -52,7 +51,7 @@ def server(
     tmp: Path = tmp_path_factory.mktemp("opencode-python")
     with (
         pytest.MonkeyPatch.context() as mp,
-        _database(request.param, tmp) as url,
+        module_database(request.param, tmp) as url,
         fake_model() as model_url,
     ):
         for name in list(os.environ):  # a developer's own settings must not leak in
