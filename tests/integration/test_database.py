@@ -7,21 +7,16 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import text
 
 from agentplex.core import apikeys, environments
 from agentplex.core.auth import Authenticator
 from agentplex.db import migrate
 from agentplex.db.engine import Database
+from agentplex.db.tables import metadata
 from agentplex.settings import AuthSettings
-
-
-@pytest.fixture
-async def db(database_url: str):
-    database = Database(database_url)
-    await migrate.upgrade(database)
-    yield database
-    await database.dispose()
 
 
 async def test_migrations_reach_head_and_are_idempotent(db: Database) -> None:
@@ -29,6 +24,18 @@ async def test_migrations_reach_head_and_are_idempotent(db: Database) -> None:
     assert await migrate.is_current(db)
     await migrate.upgrade(db)  # a second start changes nothing
     assert await migrate.is_current(db)
+
+
+async def test_the_migrations_build_exactly_the_tables_the_code_defines(db: Database) -> None:
+    """Every table, column, type, index and constraint of `db/tables.py` is what the Alembic
+    migrations made, and the migrations made nothing else."""
+
+    def diff(sync_conn: sa.Connection) -> list[object]:
+        context = MigrationContext.configure(sync_conn, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+    async with db.engine.connect() as conn:
+        assert await conn.run_sync(diff) == []
 
 
 async def test_unmigrated_database_is_reported(database_url: str) -> None:

@@ -8,25 +8,20 @@ import hashlib
 import io
 import json
 import zipfile
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 
-from agentplex.core import environments
 from agentplex.core.blobs import DatabaseBlobStore
 from agentplex.core.builds import BuildService
 from agentplex.core.events import enqueue, new_run_row, publish
 from agentplex.core.manifest import FunctionRef
 from agentplex.core.projects import ProjectService
-from agentplex.db import migrate
 from agentplex.db.engine import Database
 from agentplex.db.records import events as event_records
 from agentplex.db.records import runs as run_records
-from agentplex.db.tables import events, metadata, runs
+from agentplex.db.tables import events, runs
 from agentplex.errors import BadRequest
 
 FILES = {
@@ -55,20 +50,6 @@ HELLO = {
 }
 
 
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await migrate.upgrade(database)
-    yield database
-    await database.dispose()
-
-
-@pytest.fixture
-async def env_id(db: Database) -> str:
-    async with db.write() as conn:
-        return (await environments.ensure_default(conn)).id
-
-
 async def deploy(db: Database, env_id: str, project: str, manifest: dict[str, Any]) -> str:
     service = BuildService(db, DatabaseBlobStore(db))
     data = archive(manifest)
@@ -80,15 +61,6 @@ async def deploy(db: Database, env_id: str, project: str, manifest: dict[str, An
 async def count(db: Database, table: sa.Table) -> int:
     async with db.read() as conn:
         return int((await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one())
-
-
-async def test_migration_matches_tables(db: Database) -> None:
-    def diff(sync_conn: sa.Connection) -> list[object]:
-        context = MigrationContext.configure(sync_conn, opts={"compare_type": True})
-        return list(compare_metadata(context, metadata))
-
-    async with db.engine.connect() as conn:
-        assert await conn.run_sync(diff) == []
 
 
 async def test_publish_queues_one_run_per_handler(db: Database, env_id: str) -> None:

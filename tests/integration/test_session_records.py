@@ -4,45 +4,20 @@ exactly, lists filter and page as the surfaces promise, and a fork copies a conv
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from sqlalchemy.exc import IntegrityError
 
-from agentplex.core import environments
 from agentplex.core.session_model import Message, ModelRef, Part, Session, Tokens, new_id
-from agentplex.db import migrate
 from agentplex.db.engine import Database
 from agentplex.db.records import sessions as records
-from agentplex.db.tables import metadata, session_messages
+from agentplex.db.tables import session_messages
 from agentplex.db.tables import sessions as sessions_table
 
 # 300 KiB of mixed scripts: emoji (4-byte UTF-8), CJK, combining marks, quotes, NUL, newlines
 BIG_TEXT = ('héllo 世界 🧪🚀 e\u0301 "quoted" \\ \x00 tab\t line\n' * 6000)[: 300 * 1024]
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await migrate.upgrade(database)
-    yield database
-    await database.dispose()
-
-
-@pytest.fixture
-async def env_id(db: Database) -> str:
-    async with db.write() as conn:
-        return (await environments.ensure_default(conn)).id
-
-
-@pytest.fixture
-async def other_env_id(db: Database) -> str:
-    async with db.write() as conn:
-        return (await environments.create(conn, "other")).id
 
 
 def make_session(env_id: str, **fields: Any) -> Session:
@@ -495,20 +470,3 @@ async def test_copying_messages_stops_at_the_chosen_message(db: Database, env_id
 
 
 # -- schema ------------------------------------------------------------------------------------
-
-
-async def test_the_migration_matches_the_table_definitions(db: Database) -> None:
-    ours = {"sessions", "session_messages"}
-
-    def include(obj: Any, name: str | None, kind: str, reflected: bool, other: Any) -> bool:
-        table = obj if kind == "table" else getattr(obj, "table", None)
-        return table is None or table.name in ours
-
-    def diff(connection: Any) -> list[Any]:
-        context = MigrationContext.configure(
-            connection, opts={"include_object": include, "compare_type": True}
-        )
-        return list(compare_metadata(context, metadata))
-
-    async with db.engine.connect() as conn:
-        assert await conn.run_sync(diff) == []
