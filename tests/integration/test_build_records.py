@@ -8,20 +8,14 @@ import hashlib
 import io
 import json
 import zipfile
-from collections.abc import AsyncIterator
 
-import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 
-from agentplex.core import environments
 from agentplex.core.blobs import DatabaseBlobStore
 from agentplex.core.builds import BuildService
 from agentplex.core.projects import ProjectService
-from agentplex.db import migrate
 from agentplex.db.engine import Database
-from agentplex.db.tables import builds, event_handlers, metadata, schedules
+from agentplex.db.tables import builds, event_handlers, schedules
 
 ENTRY = {"hello/tasks.py": "def run(e):\n    pass\n"}
 
@@ -35,35 +29,37 @@ def archive(manifest: dict[str, object]) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await migrate.upgrade(database)
-    yield database
-    await database.dispose()
-
-
-@pytest.fixture
-async def env_id(db: Database) -> str:
-    async with db.write() as conn:
-        return (await environments.ensure_default(conn)).id
-
-
-async def test_migration_matches_tables(db: Database) -> None:
-    def diff(sync_conn: sa.Connection) -> list[object]:
-        context = MigrationContext.configure(sync_conn, opts={"compare_type": True})
-        return list(compare_metadata(context, metadata))
-
-    async with db.engine.connect() as conn:
-        assert await conn.run_sync(diff) == []
-
-
 async def test_database_blobs_hold_any_bytes(db: Database) -> None:
     store = DatabaseBlobStore(db)
     data = bytes(range(256)) * 4096 + b"\x00"
     await store.put("builds/aa/bb", data)
     await store.put("builds/aa/bb", data)  # a second upload of the same content
     assert await store.get("builds/aa/bb") == data
+
+
+async def test_deleting_a_project_deletes_the_blobs_only_it_used(db: Database, env_id: str) -> None:
+    blobs = DatabaseBlobStore(db)
+    projects = ProjectService(db, blobs)
+    service = BuildService(db, blobs)
+    await projects.create(env_id, "a")
+    await projects.create(env_id, "b")
+    shared = archive({"functions": ["hello.tasks:run"]})
+    own = archive({"handlers": [{"event": "x", "function": "hello.tasks:run"}]})
+    uploads = {}
+    for project, data in (("a", shared), ("a", own), ("b", shared)):
+        done = await service.upload(env_id, project, data, hashlib.sha256(data).hexdigest())
+        uploads[(project, data)] = done.build.blob_key
+
+    await projects.delete(env_id, "a")
+    assert not await blobs.exists(uploads[("a", own)])
+    assert await blobs.exists(uploads[("b", shared)])  # b's build has the same contents
+    _, data = await service.download(
+        env_id, "b", (await service.list_builds(env_id, "b"))[0][0].build_id
+    )
+    assert data == shared
+
+    await projects.delete(env_id, "b")
+    assert not await blobs.exists(uploads[("b", shared)])
 
 
 async def test_deploys_replace_entry_points_and_deletion_cascades(

@@ -19,7 +19,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentplex.core.clock import aware, new_id, utcnow
+from agentplex.core.ports import BlobStore
 from agentplex.db.engine import Database
+from agentplex.db.records import builds as build_records
 from agentplex.db.records import projects as records
 from agentplex.errors import BadRequest, ProjectExists, ProjectNotFound
 
@@ -97,8 +99,9 @@ async def resolve(conn: AsyncConnection, env_id: str, ref: str) -> Project:
 class ProjectService:
     """Create, read, rename, (de)activate and delete an environment's projects."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, blobs: BlobStore | None = None) -> None:
         self.db = db
+        self.blobs = blobs  # a deleted project's build blobs go too, when given
 
     async def create(self, env_id: str, name: str) -> Project:
         name = check_name(name)
@@ -174,9 +177,24 @@ class ProjectService:
         whatever else references it with a cascading foreign key); the deleted project."""
         async with self.db.write() as conn:
             project = await resolve(conn, env_id, ref)
+            keys = await build_records.blob_keys_of_project(conn, project.project_id)
             await records.delete_project(conn, project.project_id)
         log.info("project %s (%s) deleted", project.name, project.project_id)
+        if self.blobs is not None and keys:
+            await self._delete_blobs(keys)
         return project
+
+    async def _delete_blobs(self, keys: set[str]) -> None:
+        """Delete the blobs no build uses any more. A build uploaded meanwhile with the same
+        contents can lose its blob in the window between the check and the delete; its
+        download then says the blob is missing, and uploading it again restores it."""
+        async with self.db.read() as conn:
+            unused = await build_records.unused_blob_keys(conn, sorted(keys))
+        for key in sorted(unused):
+            try:
+                await self.blobs.delete(key)  # type: ignore[union-attr]
+            except Exception:  # the project is gone either way; the blob is only space
+                log.exception("could not delete build blob %s", key)
 
     async def list(
         self, env_id: str, *, limit: int = 20, offset: int = 0

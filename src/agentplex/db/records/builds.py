@@ -155,3 +155,19 @@ async def blob_exists(conn: AsyncConnection, key: str) -> bool:
 
 async def delete_blob(conn: AsyncConnection, key: str) -> None:
     await conn.execute(delete(blobs).where(blobs.c.key == key))
+
+
+async def blob_keys_of_project(conn: AsyncConnection, project_id: str) -> set[str]:
+    """The blob keys the project's builds are stored under."""
+    query = select(builds.c.blob_key).where(builds.c.project_id == project_id).distinct()
+    return {str(key) for key in (await conn.execute(query)).scalars()}
+
+
+async def unused_blob_keys(conn: AsyncConnection, keys: Sequence[str]) -> set[str]:
+    """Which of ``keys`` no build references (builds of equal contents share one blob, across
+    projects and environments)."""
+    if not keys:
+        return set()
+    query = select(builds.c.blob_key).where(builds.c.blob_key.in_(list(keys))).distinct()
+    used = {str(key) for key in (await conn.execute(query)).scalars()}
+    return set(keys) - used
