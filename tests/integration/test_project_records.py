@@ -6,22 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 
-from agentplex.core import environments
 from agentplex.core.projects import ProjectService
 from agentplex.core.secrets import UNSET, MasterKey, SecretService
-from agentplex.db import migrate
 from agentplex.db.engine import Database
 from agentplex.db.tables import environments as environments_table
-from agentplex.db.tables import metadata, project_secrets, projects
+from agentplex.db.tables import project_secrets, projects
 from agentplex.errors import (
     BadRequest,
     ContextVariableExists,
@@ -32,26 +27,6 @@ from agentplex.errors import (
 )
 
 PLAINTEXT = "pg-pass-7f3c9a1e-never-stored-in-clear"
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await migrate.upgrade(database)
-    yield database
-    await database.dispose()
-
-
-@pytest.fixture
-async def env_id(db: Database) -> str:
-    async with db.write() as conn:
-        return (await environments.ensure_default(conn)).id
-
-
-@pytest.fixture
-async def other_env_id(db: Database) -> str:
-    async with db.write() as conn:
-        return (await environments.create(conn, "other")).id
 
 
 @pytest.fixture
@@ -391,21 +366,23 @@ async def test_bad_keys_and_values_are_refused_before_anything_is_stored(
     assert await count(db, project_secrets) == 0
 
 
+async def test_a_projects_variables_are_capped_in_total_and_replacing_one_counts_once(
+    service: ProjectService, secrets: SecretService, db: Database, env_id: str
+) -> None:
+    """Every run gets the variables as environment variables, which Linux caps at a few MiB
+    (execve's E2BIG): together they may hold at most 1 MiB."""
+    await service.create(env_id, "p")
+    big = "v" * (60 * 1024)
+    for i in range(17):  # 17 x 60 KiB: just under 1 MiB with the keys
+        await secrets.create(env_id, "p", f"K{i}", big)
+    await secrets.put(env_id, "p", "K0", value=big)  # a replacement is not counted twice
+    with pytest.raises(BadRequest, match="1 MiB") as caught:
+        await secrets.create(env_id, "p", "ONE_MORE", big)
+    assert "ONE_MORE" in caught.value.message
+    with pytest.raises(BadRequest, match="1 MiB"):
+        await secrets.put(env_id, "p", "ONE_MORE", value=big)
+    assert await count(db, project_secrets) == 17
+    await secrets.create(env_id, "p", "SMALL", "ok")  # room is left for small ones
+
+
 # -- schema ------------------------------------------------------------------------------------
-
-
-async def test_the_migration_matches_the_table_definitions(db: Database) -> None:
-    ours = {"projects", "project_secrets"}
-
-    def include(obj: Any, name: str | None, kind: str, reflected: bool, other: Any) -> bool:
-        table = obj if kind == "table" else getattr(obj, "table", None)
-        return table is None or table.name in ours
-
-    def diff(connection: Any) -> list[Any]:
-        context = MigrationContext.configure(
-            connection, opts={"include_object": include, "compare_type": True}
-        )
-        return list(compare_metadata(context, metadata))
-
-    async with db.engine.connect() as conn:
-        assert await conn.run_sync(diff) == []

@@ -56,6 +56,10 @@ MASTER_KEY_BYTES = 32
 MAX_KEY_LENGTH = 128
 MAX_VALUE_BYTES = 64 * 1024
 MAX_DESCRIPTION_LENGTH = 1000
+MAX_TOTAL_BYTES = 1024 * 1024
+"""All of a project's values together: they become every run's environment variables, and
+Linux refuses to start a program whose environment passes a few MiB (execve's E2BIG)."""
+MAX_VARIABLES = 500
 RESERVED_PREFIX = "AGENTPLEX_"
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -333,6 +337,26 @@ def check_description(description: Any) -> str | None:
     return description
 
 
+async def _check_total(conn: Any, project: Any, key: str, value: str) -> None:
+    """BadRequest when setting ``key`` to ``value`` would take the project past
+    `MAX_VARIABLES` variables or `MAX_TOTAL_BYTES` of values."""
+    others = [r for r in await records.all_secrets(conn, project.project_id) if r["key"] != key]
+    if len(others) >= MAX_VARIABLES:
+        raise BadRequest(
+            f"Project {project.name} has {len(others)} context variables, the most allowed:"
+            " delete one before adding another"
+        )
+    # a value's ciphertext is its UTF-8 bytes plus the 16-byte GCM tag
+    total = sum(len(r["ciphertext"]) - 16 + len(r["key"]) + 2 for r in others)
+    total += len(value.encode()) + len(key) + 2
+    if total > MAX_TOTAL_BYTES:
+        raise BadRequest(
+            f"Context variable {key} would bring project {project.name}'s variables to"
+            f" {total} bytes; at most {MAX_TOTAL_BYTES} (1 MiB) in all are allowed, since"
+            " they are given to every run as environment variables"
+        )
+
+
 class SecretService:
     """A project's context variables: set, list (metadata only), delete, and the decrypted
     values for the project's runs."""
@@ -365,6 +389,7 @@ class SecretService:
                 project = await projects.resolve(conn, env_id, project_ref)
                 if await records.get_secret(conn, project.project_id, key) is not None:
                     raise _exists(key)
+                await _check_total(conn, project, key, value)
                 ciphertext, nonce = self.master_key.seal(env_id, project.project_id, key, value)
                 row = {
                     "project_id": project.project_id,
@@ -409,6 +434,7 @@ class SecretService:
                     )
                 values: dict[str, Any] = {"updated_at": now}
                 if value is not None:
+                    await _check_total(conn, project, key, value)
                     ciphertext, nonce = self.master_key.seal(env_id, project.project_id, key, value)
                     values.update(ciphertext=ciphertext, nonce=nonce)
                 if not isinstance(description, _Unset):
