@@ -135,12 +135,12 @@ class _Problems:
     def add(self, where: str, what: str) -> None:
         self.lines.append(f"{where}: {what}")
 
-    def raise_any(self) -> None:
+    def raise_any(self, what: str = f"Invalid {MANIFEST_NAME}") -> None:
         if self.lines:
             shown = "; ".join(self.lines[:10])
             more = f" (and {len(self.lines) - 10} more)" if len(self.lines) > 10 else ""
             raise BadRequest(
-                f"Invalid {MANIFEST_NAME}: {shown}{more}. See docs/builds.md for the format.",
+                f"{what}: {shown}{more}. See docs/builds.md for the format.",
                 details=self.lines,
             )
 
@@ -200,15 +200,8 @@ def parse_manifest(raw: bytes, files: Collection[str]) -> Manifest:
             continue
         event = entry.get("event")
         ref = function(f"{where}.function", entry.get("function"))
-        if not isinstance(event, str) or not _EVENT.match(event):
-            problems.add(
-                f"{where}.event",
-                f"{event!r} is not an event type: letters, digits and _ . : - (e.g. user.signup)",
-            )
-        elif event.startswith(_RESERVED_EVENTS):
-            problems.add(f"{where}.event", f"{event!r}: events starting with hot: are reserved")
-        elif ref is not None:
-            spec = HandlerSpec(event, ref)
+        if _check_event(problems, f"{where}.event", event) and ref is not None:
+            spec = HandlerSpec(str(event), ref)
             if spec in handlers:
                 problems.add(where, f"repeats the handler of {event} by {ref.target}")
             else:
@@ -237,6 +230,51 @@ def parse_manifest(raw: bytes, files: Collection[str]) -> Manifest:
 
     problems.raise_any()
     return Manifest(tuple(handlers), tuple(schedules), tuple(functions))
+
+
+def from_declarations(entries: Collection[Mapping[str, Any]]) -> Manifest:
+    """The entry points a build's code declared with the SDK's decorators (each entry
+    ``{"kind": "event"|"schedule"|"function", "module", "name", "event", "cron", "tz",
+    "problem"}``, as `agentplex.sdk.Entry.to_json` gives them), checked as the manifest's are;
+    BadRequest naming every entry at fault. Repeats are merged."""
+    problems = _Problems()
+    handlers: list[HandlerSpec] = []
+    schedules: list[ScheduleSpec] = []
+    functions: list[FunctionRef] = []
+    for entry in entries:
+        kind = entry.get("kind")
+        ref = FunctionRef(str(entry.get("module")), str(entry.get("name")))
+        where = f"@{'on_event' if kind == 'event' else kind} on {ref.target}"
+        if entry.get("problem"):
+            problems.add(where, str(entry["problem"]))
+        elif kind == "event":
+            if _check_event(problems, where, entry.get("event")):
+                spec = HandlerSpec(str(entry["event"]), ref)
+                if spec not in handlers:
+                    handlers.append(spec)
+        elif kind == "schedule":
+            cron, tz = entry.get("cron"), entry.get("tz", "UTC")
+            cron_ok = _check_cron(problems, where, cron)
+            if _check_tz(problems, where, tz) and cron_ok:
+                schedule = ScheduleSpec(" ".join(str(cron).split()), str(tz), ref)
+                if schedule not in schedules:
+                    schedules.append(schedule)
+        elif kind == "function" and ref not in functions:
+            functions.append(ref)
+    problems.raise_any("Invalid entry points in the build's code")
+    return Manifest(tuple(handlers), tuple(schedules), tuple(functions))
+
+
+def _check_event(problems: _Problems, where: str, event: Any) -> bool:
+    if not isinstance(event, str) or not _EVENT.match(event):
+        problems.add(
+            where, f"{event!r} is not an event type: letters, digits and _ . : - (e.g. user.signup)"
+        )
+        return False
+    if event.startswith(_RESERVED_EVENTS):
+        problems.add(where, f"{event!r}: events starting with hot: are reserved")
+        return False
+    return True
 
 
 def _check_cron(problems: _Problems, where: str, cron: Any) -> bool:

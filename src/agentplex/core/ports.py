@@ -453,3 +453,83 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     async def delete(self, key: str) -> None:
         """Remove ``key`` (an unknown key is a no-op)."""
+
+
+# --- the run executor --------------------------------------------------------------------------
+#
+# A run of a deployed build executes its handler through `RunExecutor`. The adapter
+# (`agentplex.engine.executor.SandboxRunExecutor`) keeps a few warm sandboxes per deployed build
+# with the build's code imported, and never shares one between projects or environments; tests
+# of the worker use an in-memory one. Results follow Hot's convention (see `RunOutcome`).
+
+
+@dataclass(frozen=True, slots=True)
+class RunJob:
+    """One attempt of a run, as the executor needs it.
+
+    ``input`` is ``{"event_id", "event_type", "event_data"}`` for an event run, ``{"fn",
+    "args"}`` for a call (``args`` a list of positional or an object of keyword arguments) and
+    ``{"schedule", "fire_time"}`` for a schedule's fire. ``secrets`` are the project's context
+    variables, given to the handler as environment variables."""
+
+    run_id: str
+    env_id: str
+    project_id: str
+    build_id: str
+    run_type: str
+    function: str
+    input: Any
+    secrets: Mapping[str, str]
+    timeout_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutput:
+    """Something a running handler produced, as it happened.
+
+    ``kind``: ``text`` (what it printed: payload ``{"text", "stream": "stdout"|"stderr"}``),
+    ``data`` (``sdk.emit``: payload the value, ``data_type`` ``json`` or ``text``), ``var``
+    (``sdk.capture``: payload ``{"name", "value", "meta"}``) or ``publish`` (``sdk.publish``:
+    payload ``{"event_type", "event_data"}``)."""
+
+    kind: Literal["text", "data", "var", "publish"]
+    payload: Any
+    data_type: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How an attempt ended: ``succeeded`` with the handler's JSON-ready ``result``, or
+    ``failed`` / ``timed_out`` / ``cancelled`` with ``error`` ``{"type", "message",
+    "traceback"}``. ``retryable`` marks a failure of the environment (the sandbox died or could
+    not start), not of the code."""
+
+    status: Literal["succeeded", "failed", "timed_out", "cancelled"]
+    result: Any = None
+    error: Mapping[str, Any] | None = None
+    retryable: bool = False
+
+
+class RunExecutor(abc.ABC):
+    """Runs handlers of deployed builds somewhere isolated, and reads what a build declares."""
+
+    @abc.abstractmethod
+    async def execute(self, job: RunJob, emit: Callable[[RunOutput], None]) -> RunOutcome:
+        """Run ``job``'s handler, calling ``emit`` with each output as it happens. Cancelling
+        the calling task stops the user code within 1 s, then CancelledError propagates."""
+
+    @abc.abstractmethod
+    async def discover(self, archive: bytes) -> Any:
+        """The entry points the archive's code declares with the SDK's decorators, as a
+        `agentplex.core.manifest.Manifest`; BadRequest (with the error and its traceback) when
+        the code cannot be imported or declares something invalid (a bad cron, say)."""
+
+    async def forget_build(self, build_id: str) -> None:  # noqa: B027 - optional hook
+        """Drop the build's warm environments (it is no longer deployed)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop every warm environment."""
+
+    def status(self) -> dict[str, Any]:
+        """JSON-ready state for /status (warm environments and the like)."""
+        return {}
