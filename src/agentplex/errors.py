@@ -246,3 +246,7 @@ class EventNotFound(NotFound):
 
 class RunNotFound(NotFound):
     """Run not found"""
+
+
+class StreamNotFound(NotFound):
+    """Stream not found"""

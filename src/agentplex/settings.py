@@ -348,6 +348,64 @@ class SandboxSettings(_Subsystem):
     )
 
 
+class RunSettings(_Subsystem):
+    """The run engine: workers, leases, retries, timeouts and the warm sandboxes of builds."""
+
+    table: ClassVar[str] = "runs"
+    model_config = SettingsConfigDict(env_prefix="AGENTPLEX_RUNS_", extra="ignore")
+
+    workers: int = Field(
+        8,
+        ge=0,
+        description="Runs `agentplex serve` executes at once in-process (0: none; runs then "
+        "need `agentplex worker` processes).",
+    )
+    scheduler: bool = Field(True, description="Run the cron scheduler in `agentplex serve`.")
+    lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How long a claimed run stays a worker's without a heartbeat; a run whose "
+        "worker died is taken back this long after its last heartbeat.",
+    )
+    heartbeat_seconds: float = Field(
+        10.0, gt=0, description="How often a worker renews the leases of its running runs."
+    )
+    sweep_seconds: float = Field(
+        5.0, gt=0, description="How often runs whose lease expired are looked for."
+    )
+    default_timeout_seconds: float = Field(
+        300.0, gt=0, description="Longest a handler may run when its run sets no timeout."
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Attempts of a run before it fails for good (first one included)."
+    )
+    backoff_base_seconds: float = Field(
+        1.0, ge=0, description="Wait before the first retry; each next retry waits twice as long."
+    )
+    backoff_max_seconds: float = Field(300.0, ge=0, description="Longest wait before a retry.")
+    warm_per_build: int = Field(
+        2, ge=0, description="Warm sandboxes kept per deployed build, its code imported."
+    )
+    max_warm_sandboxes: int = Field(
+        16,
+        ge=1,
+        description="Warm build sandboxes one process keeps at most (least recently used go).",
+    )
+    warm_idle_seconds: float = Field(
+        600.0, gt=0, description="A warm build sandbox unused this long is stopped."
+    )
+    internet_access: bool = Field(
+        False, description="Let handlers reach the network (off: no network in their sandbox)."
+    )
+    claim_batch: int = Field(16, ge=1, description="Most runs a worker claims in one transaction.")
+    grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="On shutdown, how long running runs may finish before they are queued "
+        "again for another worker.",
+    )
+
+
 Permission = Literal["allow", "ask", "deny"]
 
 
@@ -451,6 +509,7 @@ class Settings(BaseModel):
     log: LogSettings
     sandbox: SandboxSettings
     agent: AgentSettings
+    runs: RunSettings
 
     @property
     def database_url(self) -> str:
@@ -493,6 +552,7 @@ _SUBSYSTEMS: dict[str, type[_Subsystem]] = {
     "log": LogSettings,
     "sandbox": SandboxSettings,
     "agent": AgentSettings,
+    "runs": RunSettings,
 }
 
 

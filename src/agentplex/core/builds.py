@@ -2,9 +2,13 @@
 
 Uploading checks the archive (a zip; no path outside it, no symlink, nothing encrypted; within
 the size, file-count and compression-ratio limits of the settings), verifies the client's hash
-and parses the manifest (`agentplex.core.manifest`), before anything is stored. Deploying
-makes the build the project's one deployed build and replaces the project's event handlers and
-schedules with the ones its manifest declares, in one transaction.
+and parses the manifest (`agentplex.core.manifest`), before anything is stored. When the
+archive holds Python code and the service was given a ``discover`` callable (the run
+executor's, which imports the code in a sandbox, never here), the entry points the code
+declares with the SDK's decorators join the manifest's, and the merged manifest is stored.
+Deploying makes the build the project's one deployed build and replaces the project's event
+handlers and schedules with the ones its manifest declares, in one transaction; ``on_deployed``
+then hears of it (with the build it replaced).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import re
 import stat
 import uuid
 import zipfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -249,15 +254,43 @@ class Upload:
 
 
 EntryKind = Literal["event_handlers", "schedules"]
+Discover = Callable[[bytes], Awaitable[Manifest]]
+"""Reads the entry points an archive's code declares (`RunExecutor.discover`)."""
+OnDeployed = Callable[[Build, str | None], Awaitable[None]]
+"""Told of a deploy: the build deployed now, and the id of the one it replaced (if any)."""
+
+
+def merge_manifests(declared: Manifest, discovered: Manifest) -> Manifest:
+    """The manifest's entry points, then the code's that the manifest does not repeat."""
+
+    def union(first: tuple[Any, ...], second: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(dict.fromkeys((*first, *second)))
+
+    return Manifest(
+        handlers=union(declared.handlers, discovered.handlers),
+        schedules=union(declared.schedules, discovered.schedules),
+        functions=union(declared.functions, discovered.functions),
+        timeouts={**discovered.timeouts, **declared.timeouts},
+    )
 
 
 class BuildService:
     """Upload, read, download and deploy an environment's builds."""
 
-    def __init__(self, db: Database, blobs: BlobStore, limits: ArchiveLimits | None = None):
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        limits: ArchiveLimits | None = None,
+        *,
+        discover: Discover | None = None,
+        on_deployed: OnDeployed | None = None,
+    ):
         self.db = db
         self.blobs = blobs
         self.limits = limits or ArchiveLimits()
+        self.discover = discover
+        self.on_deployed = on_deployed
 
     async def upload(
         self,
@@ -279,6 +312,9 @@ class BuildService:
         if row is not None:
             return Upload(self._same(row, env_id, project.project_id, data), existed=True)
         archive = await asyncio.to_thread(inspect_archive, data, self.limits)
+        manifest = archive.manifest
+        if self.discover is not None and any(name.endswith(".py") for name in archive.files):
+            manifest = merge_manifests(manifest, await self.discover(data))
         key = content_key(data, "builds")
         if not await self.blobs.exists(key):
             await self.blobs.put(key, data)
@@ -299,7 +335,7 @@ class BuildService:
                     "deployed": False,
                     "live": False,
                     "active": True,
-                    "manifest": archive.manifest.to_json(),
+                    "manifest": manifest.to_json(),
                     "deployed_at": None,
                     "created_at": now,
                     "updated_at": now,
@@ -375,6 +411,8 @@ class BuildService:
             if row is None or row["project_id"] != project.project_id:  # deleted meanwhile
                 raise BuildNotFound(f"Build {build_id} not found in project {project.name}")
             manifest = Manifest.from_json(row["manifest"])
+            before = await records.flagged(conn, project.project_id, "deployed")
+            replaced = before["build_id"] if before is not None else None
             owner = {
                 "env_id": env_id,
                 "project_id": project.project_id,
@@ -416,7 +454,17 @@ class BuildService:
             len(handlers),
             len(schedules),
         )
-        return _build(row)
+        deployed = _build(row)
+        if self.on_deployed is not None:
+            try:
+                await self.on_deployed(deployed, replaced)
+            except Exception:  # the deploy is committed; a listener's failure is not its own
+                log.exception("after deploying build %s", deployed.build_id)
+        return deployed
+
+    async def archive(self, env_id: str, build_id: str) -> bytes:
+        """The archive of the environment's build ``build_id`` (whatever its project)."""
+        return await read_archive(self.db, self.blobs, env_id, build_id)
 
     async def entry_points(
         self, env_id: str, project_ref: str, kind: EntryKind, *, limit: int = 20, offset: int = 0
@@ -427,6 +475,15 @@ class BuildService:
             return await records.entry_points(
                 conn, kind, project.project_id, limit=limit, offset=offset
             )
+
+
+async def read_archive(db: Database, blobs: BlobStore, env_id: str, build_id: str) -> bytes:
+    """The archive of the environment's build ``build_id``; BuildNotFound otherwise."""
+    async with db.read() as conn:
+        row = await records.get(conn, _as_uuid(build_id))
+    if row is None or row["env_id"] != env_id:
+        raise BuildNotFound(f"Build {build_id} not found")
+    return await blobs.get(row["blob_key"])
 
 
 def _as_uuid(build_id: str) -> str:

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentplex.core.clock import new_id, utcnow
 from agentplex.db.engine import Database
-from agentplex.db.tables import environments, sandboxes
+from agentplex.db.records import run_queries
+from agentplex.db.tables import environments
 from agentplex.errors import BadRequest, Conflict, NotFound
 
 DEFAULT_ENVIRONMENT = "default"
@@ -115,20 +116,19 @@ async def describe(db: Database, env_id: str) -> Environment:
 
 
 async def quota(db: Database, env_id: str) -> dict[str, Any]:
-    """Hot's quota view of an environment: its limits, and how much of the compute limit its
-    running (or paused) sandboxes use, in percent of ``max_concurrent_runs``. No storage
-    quota is enforced, so ``storage_used_percent`` is 0."""
+    """Hot's quota view of an environment, live: its limits, its runs running and queued now,
+    and how much of ``max_concurrent_runs`` the running ones use, in percent (runs beyond the
+    limit wait queued). No storage quota is enforced, so ``storage_used_percent`` is 0."""
     async with db.read() as conn:
         env = await get(conn, env_id)
-        live = sandboxes.c.status.in_(("running", "paused"))
-        count = select(func.count()).select_from(sandboxes)
-        running = (await conn.execute(count.where(sandboxes.c.env_id == env_id, live))).scalar()
-    used = (
-        round(100 * int(running or 0) / env.max_concurrent_runs) if env.max_concurrent_runs else 0
-    )
+        counts = await run_queries.count_running(conn, env_id)
+    limit = env.max_concurrent_runs
+    used = min(100, round(100 * counts["running"] / limit)) if limit else 0
     return {
         "compute_used_percent": used,
         "storage_used_percent": 0,
         "requests_per_hour": env.requests_per_hour,
-        "max_concurrent_runs": env.max_concurrent_runs,
+        "max_concurrent_runs": limit,
+        "running_runs": counts["running"],
+        "queued_runs": counts["queued"],
     }

@@ -7,20 +7,29 @@ queues one ``call`` run of that function, found among the deployed builds' funct
 
 The runs of one event share the event's stream (``stream_id``), which is where their output and
 state changes go. Queued runs are then claimed by workers through `agentplex.engine.queue`.
+
+A stream's items (see docs and COMPAT.md, Hot): ``event:published`` first (written by
+`publish`, in its transaction), then per run ``run:start`` and ``run:update`` (running), its
+``stream:data``, its end (``run:stop`` | ``run:fail`` | ``run:cancel``) and a ``run:update``
+with the final snapshot (`finished_entries`), and ``stream:complete`` once every run of the
+event is finished (`stream_ends`; at once when the event started no run). A run's snapshot in
+these items is `run_snapshot`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from agentplex.core.clock import aware, new_id, utcnow
+from agentplex.core.clock import aware, iso, new_id, utcnow
 from agentplex.core.manifest import FunctionRef, Manifest, parse_function
+from agentplex.core.streams import Entry, StreamItem, write_items
 from agentplex.db.records import events as records
+from agentplex.db.records import run_streams
 from agentplex.db.records import runs as run_records
 from agentplex.errors import BadRequest
 
@@ -207,12 +216,82 @@ async def enqueue(conn: AsyncConnection, row: Mapping[str, Any], *, notify: bool
     return inserted
 
 
+def run_snapshot(run: Run) -> dict[str, Any]:
+    """The run as JSON, as stream items carry it and as Hot's run view shows it."""
+    return {
+        "run_id": run.run_id,
+        "env_id": run.env_id,
+        "project_id": run.project_id,
+        "project_name": run.project_name,
+        "build_id": run.build_id,
+        "stream_id": run.stream_id,
+        "event_id": run.event_id,
+        "origin_run_id": run.origin_run_id,
+        "run_type": run.run_type,
+        "ns": run.ns,
+        "var": run.var,
+        "function": run.function,
+        "status": run.status,
+        "result": run.result,
+        "error": run.error,
+        "attempt": run.attempt,
+        "retry_attempt": run.retry_attempt,
+        "max_attempts": run.max_attempts,
+        "next_retry_at": iso(run.next_retry_at),
+        "timeout_seconds": run.timeout_seconds,
+        "created_at": iso(run.created_at),
+        "start_time": iso(run.started_at),
+        "stop_time": iso(run.stopped_at),
+    }
+
+
+def run_item(item_type: str, run: Run) -> Entry:
+    """A ``run:*`` item of the run's stream: ``{"type": item_type, "run": snapshot}``."""
+    return run.stream_id, {"type": item_type, "run": run_snapshot(run)}
+
+
+_END_ITEMS = {"succeeded": "run:stop", "failed": "run:fail", "cancelled": "run:cancel"}
+
+
+def finished_entries(run: Run) -> list[Entry]:
+    """The items a finished run writes to its stream: its end (``run:stop``, ``run:fail``
+    or ``run:cancel``), then a ``run:update`` with its final snapshot."""
+    return [run_item(_END_ITEMS[run.status], run), run_item("run:update", run)]
+
+
+def complete_item(stream_id: str) -> Entry:
+    return stream_id, {"type": "stream:complete", "stream_id": stream_id}
+
+
+async def stream_ends(conn: AsyncConnection, finished: Iterable[Run]) -> list[Entry]:
+    """The ``stream:complete`` items of the streams that runs just finished in this (write)
+    transaction end: those where no run of the event is left unfinished. A run of no event
+    (a schedule's) is alone in its stream. Call it once the runs' final state is written."""
+    alone: list[str] = []
+    by_event: dict[str, str] = {}
+    for run in finished:
+        if run.event_id is None:
+            alone.append(run.stream_id)
+        else:
+            by_event[run.event_id] = run.stream_id
+    if by_event:
+        await run_streams.lock_events(conn, by_event.keys())
+        unfinished = await run_streams.unfinished_events(conn, by_event.keys())
+        alone.extend(
+            sid for event_id, sid in sorted(by_event.items()) if event_id not in unfinished
+        )
+    return [complete_item(sid) for sid in dict.fromkeys(alone)]
+
+
 @dataclass(frozen=True, slots=True)
 class Published:
-    """A published event and the runs it queued."""
+    """A published event, the runs it queued and the stream items written with it
+    (``event:published``, and ``stream:complete`` when no run started): announce these with
+    ``StreamStore.announce`` once the transaction committed."""
 
     event: Event
     runs: tuple[Run, ...]
+    items: tuple[StreamItem, ...] = ()
 
 
 async def publish(
@@ -273,9 +352,27 @@ async def publish(
     }
     await records.insert(conn, event)
     await run_records.insert(conn, rows)
+    entries: list[Entry] = [
+        (
+            stream_id,
+            {
+                "type": "event:published",
+                "event_id": event_id,
+                "stream_id": stream_id,
+                "event_type": event_type,
+                "event_data": event_data,
+                "env_id": env_id,
+                "project_id": project_id,
+                "created_at": iso(now),
+            },
+        )
+    ]
     if rows:
         await run_records.notify(conn, env_id)
-    return Published(event_from_row(event), tuple(run_from_row(r) for r in rows))
+    else:
+        entries.append(complete_item(stream_id))
+    items = await write_items(conn, entries)
+    return Published(event_from_row(event), tuple(run_from_row(r) for r in rows), tuple(items))
 
 
 def _check_event_type(event_type: Any) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -35,6 +35,8 @@ _PYTHON_REF = re.compile(rf"^({_IDENT}(?:\.{_IDENT})*):({_IDENT})$")
 _HOT_REF = re.compile(rf"^((?:::{_IDENT})+)/({_IDENT})$")
 _EVENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}$")
 _RESERVED_EVENTS = ("hot:",)  # hot:call and friends are the server's own
+MAX_TIMEOUT_SECONDS = 24 * 3600.0
+"""The longest per-function timeout a build may declare (``timeout``, seconds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +100,13 @@ class Manifest:
     handlers: tuple[HandlerSpec, ...] = ()
     schedules: tuple[ScheduleSpec, ...] = ()
     functions: tuple[FunctionRef, ...] = ()
+    timeouts: Mapping[str, float] = field(default_factory=dict)
+    """Seconds a run of a function (``module.path:fn``) may take, where the build says so;
+    other runs get the server's ``runs.default_timeout_seconds``."""
 
     def to_json(self) -> dict[str, Any]:
-        """The manifest as stored with its build (and as ``agentplex.json`` would say it)."""
-        return {
+        """The manifest as stored with its build (``timeouts`` gathered in one object)."""
+        out: dict[str, Any] = {
             "version": MANIFEST_VERSION,
             "handlers": [{"event": h.event, "function": h.function.target} for h in self.handlers],
             "schedules": [
@@ -109,6 +114,13 @@ class Manifest:
             ],
             "functions": [f.target for f in self.functions],
         }
+        if self.timeouts:
+            out["timeouts"] = dict(sorted(self.timeouts.items()))
+        return out
+
+    def timeout_of(self, function: str) -> float | None:
+        """The timeout the build declares for ``function`` (``module.path:fn``), if any."""
+        return self.timeouts.get(function)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Manifest:
@@ -123,6 +135,7 @@ class Manifest:
                 for s in data.get("schedules", ())
             ),
             functions=tuple(parse_function(f) for f in data.get("functions", ())),
+            timeouts={str(k): float(v) for k, v in (data.get("timeouts") or {}).items()},
         )
 
 
@@ -157,6 +170,7 @@ def parse_manifest(raw: bytes, files: Collection[str]) -> Manifest:
     if not isinstance(data, dict):
         raise BadRequest(f"{MANIFEST_NAME} must hold a JSON object")
     known = {"version", "name", "handlers", "schedules", "functions"}
+    timeouts: dict[str, float] = {}
     for key in sorted(set(data) - known):
         problems.add(key, f"unknown key (known: {', '.join(sorted(known))})")
     version = data.get("version", MANIFEST_VERSION)
@@ -196,10 +210,11 @@ def parse_manifest(raw: bytes, files: Collection[str]) -> Manifest:
 
     handlers: list[HandlerSpec] = []
     for where, item in entries("handlers"):
-        if (entry := fields(where, item, {"event", "function"})) is None:
+        if (entry := fields(where, item, {"event", "function", "timeout"})) is None:
             continue
         event = entry.get("event")
         ref = function(f"{where}.function", entry.get("function"))
+        _add_timeout(problems, where, ref, entry.get("timeout"), timeouts)
         if _check_event(problems, f"{where}.event", event) and ref is not None:
             spec = HandlerSpec(str(event), ref)
             if spec in handlers:
@@ -209,10 +224,11 @@ def parse_manifest(raw: bytes, files: Collection[str]) -> Manifest:
 
     schedules: list[ScheduleSpec] = []
     for where, item in entries("schedules"):
-        if (entry := fields(where, item, {"cron", "tz", "function"})) is None:
+        if (entry := fields(where, item, {"cron", "tz", "function", "timeout"})) is None:
             continue
         cron, tz = entry.get("cron"), entry.get("tz", "UTC")
         ref = function(f"{where}.function", entry.get("function"))
+        _add_timeout(problems, where, ref, entry.get("timeout"), timeouts)
         cron_ok = _check_cron(problems, f"{where}.cron", cron)
         tz_ok = _check_tz(problems, f"{where}.tz", tz)
         if cron_ok and tz_ok and ref is not None:
@@ -224,12 +240,17 @@ def parse_manifest(raw: bytes, files: Collection[str]) -> Manifest:
 
     functions: list[FunctionRef] = []
     for where, item in entries("functions"):
-        value = item.get("function") if isinstance(item, dict) else item
-        if (ref := function(where, value)) is not None and ref not in functions:
+        if isinstance(item, dict):
+            fields(where, item, {"function", "timeout"})
+            ref = function(f"{where}.function", item.get("function"))
+            _add_timeout(problems, where, ref, item.get("timeout"), timeouts)
+        else:
+            ref = function(where, item)
+        if ref is not None and ref not in functions:
             functions.append(ref)
 
     problems.raise_any()
-    return Manifest(tuple(handlers), tuple(schedules), tuple(functions))
+    return Manifest(tuple(handlers), tuple(schedules), tuple(functions), timeouts)
 
 
 def from_declarations(entries: Collection[Mapping[str, Any]]) -> Manifest:
@@ -241,13 +262,16 @@ def from_declarations(entries: Collection[Mapping[str, Any]]) -> Manifest:
     handlers: list[HandlerSpec] = []
     schedules: list[ScheduleSpec] = []
     functions: list[FunctionRef] = []
+    timeouts: dict[str, float] = {}
     for entry in entries:
         kind = entry.get("kind")
         ref = FunctionRef(str(entry.get("module")), str(entry.get("name")))
         where = f"@{'on_event' if kind == 'event' else kind} on {ref.target}"
         if entry.get("problem"):
             problems.add(where, str(entry["problem"]))
-        elif kind == "event":
+            continue
+        _add_timeout(problems, where, ref, entry.get("timeout"), timeouts)
+        if kind == "event":
             if _check_event(problems, where, entry.get("event")):
                 spec = HandlerSpec(str(entry["event"]), ref)
                 if spec not in handlers:
@@ -262,7 +286,32 @@ def from_declarations(entries: Collection[Mapping[str, Any]]) -> Manifest:
         elif kind == "function" and ref not in functions:
             functions.append(ref)
     problems.raise_any("Invalid entry points in the build's code")
-    return Manifest(tuple(handlers), tuple(schedules), tuple(functions))
+    return Manifest(tuple(handlers), tuple(schedules), tuple(functions), timeouts)
+
+
+def _add_timeout(
+    problems: _Problems,
+    where: str,
+    ref: FunctionRef | None,
+    value: Any,
+    timeouts: dict[str, float],
+) -> None:
+    """Record a declared ``timeout`` (seconds, 0 < t <= 24 h) of ``ref``; one function has one
+    timeout, however many entries name it."""
+    if value is None or ref is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        problems.add(f"{where}.timeout", f"{value!r} is not a number of seconds above 0")
+        return
+    if value > MAX_TIMEOUT_SECONDS:
+        problems.add(f"{where}.timeout", f"{value} s is over the limit of 86400 s (24 h)")
+        return
+    known = timeouts.setdefault(ref.target, float(value))
+    if known != float(value):
+        problems.add(
+            f"{where}.timeout",
+            f"{ref.target} is given two timeouts ({known:g} s and {value:g} s): give it one",
+        )
 
 
 def _check_event(problems: _Problems, where: str, event: Any) -> bool:

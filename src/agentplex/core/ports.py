@@ -469,8 +469,8 @@ class RunJob:
 
     ``input`` is ``{"event_id", "event_type", "event_data"}`` for an event run, ``{"fn",
     "args"}`` for a call (``args`` a list of positional or an object of keyword arguments) and
-    ``{"schedule", "fire_time"}`` for a schedule's fire. ``secrets`` are the project's context
-    variables, given to the handler as environment variables."""
+    ``{"schedule_id", "cron", "tz", "fire_time"}`` for a schedule's fire. ``secrets`` are the
+    project's context variables, given to the handler as environment variables."""
 
     run_id: str
     env_id: str

@@ -4,18 +4,28 @@ An item is written first (to the database, or to a bounded in-memory ring for ep
 streams) and then published on the bus. A follower subscribes to the bus *before* it replays
 from its cursor, so nothing committed between the replay and the live phase is missed; items
 seen in both phases are de-duplicated by id.
+
+Several items can be written in a caller's transaction (`StreamStore.append_in`, or
+`write_items` where no store is at hand) and announced on the bus once it committed
+(`StreamStore.announce`), so a follower never hears of an item it cannot read yet.
+
+A follower also reads the store every ``poll_seconds`` while the bus is quiet: items written
+by another process reach it even on the in-process bus. Such a read looks back a little
+before its cursor, because ids are taken at insert and transactions of several writers (on
+PostgreSQL) commit out of id order; what it already delivered is skipped by id.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentplex.bus import Bus, SubscriberLagged
 from agentplex.core.clock import iso, utcnow
@@ -24,6 +34,13 @@ from agentplex.db.tables import stream_items
 
 _PAGE = 500
 _SEEN_WINDOW = 4096
+# how far (in ids, shared by every stream) a poll reads back before its cursor: commits of
+# concurrent writers land out of id order within about this many ids
+_LOOKBACK = 2048
+_INSERT_CHUNK = 200
+
+Entry = tuple[str, dict[str, Any]]
+"""An item to append: (stream_id, data)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +88,39 @@ class Ring:
         return len(self._items)
 
 
+async def write_items(conn: AsyncConnection, entries: Sequence[Entry]) -> list[StreamItem]:
+    """Insert these items (in order) in the caller's transaction; announce them with
+    `StreamStore.announce` once it committed."""
+    if not entries:
+        return []
+    created = utcnow()
+    ids: list[int] = []
+    for start in range(0, len(entries), _INSERT_CHUNK):
+        rows = [
+            {"stream_id": sid, "data": data, "created_at": created}
+            for sid, data in entries[start : start + _INSERT_CHUNK]
+        ]
+        # one statement per chunk (executemany would send a statement per row on SQLite);
+        # ids are given in the order of the rows, so their sorted values map back to them
+        query = stream_items.insert().values(rows).returning(stream_items.c.id)
+        ids.extend(sorted(int(i) for i in (await conn.execute(query)).scalars()))
+    return [
+        StreamItem(item_id, sid, data, created)
+        for item_id, (sid, data) in zip(ids, entries, strict=True)
+    ]
+
+
 class StreamStore:
     """Append to, read from and follow streams."""
 
-    def __init__(self, db: Database, bus: Bus, ring_size: int = 1000) -> None:
+    def __init__(
+        self, db: Database, bus: Bus, ring_size: int = 1000, *, poll_seconds: float | None = 1.0
+    ) -> None:
         self._db = db
         self._bus = bus
         self._ring_size = ring_size
         self._rings: dict[str, Ring] = {}
+        self._poll = poll_seconds
 
     @staticmethod
     def channel(stream_id: str) -> str:
@@ -105,6 +147,16 @@ class StreamStore:
         await self._bus.publish(self.channel(stream_id), item.to_message())
         return item
 
+    async def append_in(self, conn: AsyncConnection, entries: Sequence[Entry]) -> list[StreamItem]:
+        """Add several items (in order) in the caller's write transaction. Nothing is
+        announced: call `announce` with what this returns once the transaction committed."""
+        return await write_items(conn, entries)
+
+    async def announce(self, items: Iterable[StreamItem]) -> None:
+        """Wake the followers of committed items (from `append_in` or `write_items`)."""
+        for item in items:
+            await self._bus.publish(self.channel(item.stream_id), item.to_message())
+
     async def read(self, stream_id: str, after: int = 0, limit: int = _PAGE) -> list[StreamItem]:
         """Items after the cursor ``after``, oldest first."""
         ring = self._rings.get(stream_id)
@@ -124,22 +176,24 @@ class StreamStore:
         seen = _SeenIds()
         async with self._bus.subscribe(self.channel(stream_id)) as subscription:
             cursor = after
+            start = after
             while True:
-                async for item in self._replay(stream_id, cursor):
+                async for item in self._replay(stream_id, start):
                     if seen.add(item.id):
                         cursor = max(cursor, item.id)
                         yield item
                 try:
                     while True:
-                        message = await subscription.get()
+                        message = await subscription.get(self._poll)
                         if message is None:
-                            continue
+                            break  # quiet: read the store for other processes' items
                         item = StreamItem.from_message(stream_id, message)
                         if item.id > after and seen.add(item.id):
                             cursor = max(cursor, item.id)
                             yield item
                 except SubscriberLagged:
-                    continue  # fell behind the bus: catch up from the store
+                    pass  # fell behind the bus: catch up from the store
+                start = max(after, cursor - _LOOKBACK)
 
     async def _replay(self, stream_id: str, cursor: int) -> AsyncIterator[StreamItem]:
         while True:

@@ -305,6 +305,7 @@ events = Table(
     Column("origin_run_id", String(36), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_events_env_id_created_at", "env_id", "created_at"),
+    Index("ix_events_stream_id", "stream_id"),
 )
 
 # The durable run queue and the runs' history (engine.queue). A run is claimable when it is
@@ -355,4 +356,22 @@ runs = Table(
     Index("ix_runs_env_id_created_at", "env_id", "created_at"),
     Index("ix_runs_event_id", "event_id"),
     Index("ix_runs_project_id", "project_id"),
+    Index("ix_runs_stream_id", "stream_id"),
+)
+
+# What a run's handler captured (``sdk.capture``): Hot's run vars. ``ns`` is the handler's
+# module (``::a::b``), ``var`` the captured name.
+run_vars = Table(
+    "run_vars",
+    metadata,
+    Column("var_id", String(36), primary_key=True),
+    Column("run_id", String(36), ForeignKey("runs.run_id", ondelete="CASCADE"), nullable=False),
+    Column("env_id", String(36), nullable=False),
+    Column("ns", String(500), nullable=False),
+    Column("var", String(200), nullable=False),
+    Column("value", JSON, nullable=True),
+    Column("meta", JSON, nullable=True),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("stop_time", DateTime(timezone=True), nullable=True),
+    Index("ix_run_vars_run_id", "run_id"),
 )

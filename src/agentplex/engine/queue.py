@@ -42,6 +42,7 @@ from agentplex.errors import BadRequest, RunNotFound
 log = logging.getLogger("agentplex.queue")
 
 LEASE_EXPIRED = {
+    "type": "LeaseExpired",
     "message": "The run's worker stopped renewing its lease (it died or stalled): "
     "the run was taken back from it",
     "traceback": None,

@@ -12,7 +12,7 @@ and in the project's own virtualenv alike::
         return {"ok": True}
 
     @sdk.schedule("0 8 * * *", tz="Europe/Paris")
-    def morning(fire):               # {"schedule", "fire_time"}; or no parameter at all
+    def morning(fire):               # {"schedule_id", "cron", "tz", "fire_time"}, or none
         ...
 
     @sdk.function
@@ -59,6 +59,7 @@ class Entry:
     event: str | None = None
     cron: str | None = None
     tz: str | None = None
+    timeout: float | None = None
 
     @property
     def target(self) -> str:
@@ -73,6 +74,8 @@ class Entry:
         elif self.kind == "schedule":
             out["cron"] = self.cron
             out["tz"] = self.tz
+        if self.timeout is not None:
+            out["timeout"] = self.timeout
         return out
 
 
@@ -104,29 +107,32 @@ def _check_function(fn: Any, decorator: str) -> None:
         )
 
 
-def on_event(event_type: str) -> Callable[[F], F]:
+def on_event(event_type: str, *, timeout: float | None = None) -> Callable[[F], F]:
     """Run the decorated function for each event of type ``event_type`` (e.g. "user.signup").
 
     The function is called with the event ``{"event_id", "event_type", "event_data"}``, or
-    with nothing if it takes no parameter; it may be a coroutine function."""
+    with nothing if it takes no parameter; it may be a coroutine function. ``timeout``
+    (seconds, at most 86400) bounds each run of it; the server's
+    ``runs.default_timeout_seconds`` otherwise."""
     if not isinstance(event_type, str) or not event_type:
         hint = ' (write @on_event("user.signup"))' if callable(event_type) else ""
         raise TypeError(f"on_event needs an event type string, not {event_type!r}{hint}")
 
     def decorate(fn: F) -> F:
         _check_function(fn, "on_event")
-        _register(Entry("event", fn.__module__, fn.__name__, event=event_type))
+        _register(Entry("event", fn.__module__, fn.__name__, event=event_type, timeout=timeout))
         return fn
 
     return decorate
 
 
-def schedule(cron: str, tz: str = "UTC") -> Callable[[F], F]:
+def schedule(cron: str, tz: str = "UTC", *, timeout: float | None = None) -> Callable[[F], F]:
     """Run the decorated function at each time the cron expression ``cron`` (5 fields, or 6
     with seconds first) matches in time zone ``tz`` (an IANA name such as "Europe/Paris").
 
-    The function is called with ``{"schedule", "fire_time"}``, or with nothing if it takes no
-    parameter. The expression is checked when the build is uploaded."""
+    The function is called with ``{"schedule_id", "cron", "tz", "fire_time"}``, or with
+    nothing if it takes no parameter. The expression is checked when the build is uploaded.
+    ``timeout``: as `on_event`'s."""
     if not isinstance(cron, str) or not cron.strip():
         hint = ' (write @schedule("0 0 * * *"))' if callable(cron) else ""
         raise TypeError(f"schedule needs a cron expression string, not {cron!r}{hint}")
@@ -136,7 +142,7 @@ def schedule(cron: str, tz: str = "UTC") -> Callable[[F], F]:
 
     def decorate(fn: F) -> F:
         _check_function(fn, "schedule")
-        _register(Entry("schedule", fn.__module__, fn.__name__, cron=cron, tz=tz))
+        _register(Entry("schedule", fn.__module__, fn.__name__, cron=cron, tz=tz, timeout=timeout))
         return fn
 
     return decorate
@@ -147,17 +153,18 @@ def function(fn: F, /) -> F: ...
 
 
 @overload
-def function() -> Callable[[F], F]: ...
+def function(*, timeout: float | None = None) -> Callable[[F], F]: ...
 
 
-def function(fn: Any = None, /) -> Any:
+def function(fn: Any = None, /, *, timeout: float | None = None) -> Any:
     """Make the decorated function callable by name (Hot's ``hot:call`` of ``::module/fn`` or
     ``module:fn``): with a list of arguments it is called ``fn(*args)``, with an object
-    ``fn(**kwargs)``. Use it bare (``@function``) or with parentheses (``@function()``)."""
+    ``fn(**kwargs)``. Use it bare (``@function``) or with parentheses (``@function()``,
+    ``@function(timeout=30)``; ``timeout`` as `on_event`'s)."""
 
     def decorate(f: F) -> F:
         _check_function(f, "function")
-        _register(Entry("function", f.__module__, f.__name__))
+        _register(Entry("function", f.__module__, f.__name__, timeout=timeout))
         return f
 
     return decorate if fn is None else decorate(fn)

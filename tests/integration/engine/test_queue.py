@@ -7,103 +7,27 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from agentplex.core import environments
 from agentplex.core.clock import utcnow
-from agentplex.core.events import TERMINAL, Run, enqueue, new_run_row, publish
-from agentplex.core.manifest import FunctionRef
+from agentplex.core.events import TERMINAL, Run, publish
 from agentplex.core.projects import ProjectService
-from agentplex.db import migrate
 from agentplex.db.engine import Database
-from agentplex.db.tables import environments as environments_table
 from agentplex.db.tables import runs
 from agentplex.engine.queue import RunQueue
 from agentplex.errors import RunNotFound
+from tests.integration.engine.conftest import (
+    Clock,
+    queue_runs,
+    set_max_concurrent,
+    statuses,
+)
 
-FN = FunctionRef("hello.tasks", "run")
 ERROR = {"message": "boom", "traceback": "Traceback ..."}
-
-
-class Clock:
-    """A clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = utcnow()
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await migrate.upgrade(database)
-    yield database
-    await database.dispose()
-
-
-@pytest.fixture
-async def env_id(db: Database) -> str:
-    async with db.write() as conn:
-        return (await environments.ensure_default(conn)).id
-
-
-@pytest.fixture
-async def project_id(db: Database, env_id: str) -> str:
-    return (await ProjectService(db).create(env_id, "hello")).project_id
-
-
-async def queue_runs(
-    db: Database,
-    env_id: str,
-    project_id: str,
-    n: int,
-    *,
-    max_attempts: int = 3,
-    start: datetime | None = None,
-) -> list[str]:
-    """``n`` queued runs, due one millisecond apart (in that order)."""
-    start = start or utcnow() - timedelta(seconds=10)
-    ids = []
-    async with db.write() as conn:
-        for i in range(n):
-            row = new_run_row(
-                env_id,
-                project_id=project_id,
-                build_id=None,
-                run_type="call",
-                function=FN,
-                input={"i": i},
-                max_attempts=max_attempts,
-                now=start + timedelta(milliseconds=i),
-            )
-            await enqueue(conn, row)
-            ids.append(row["run_id"])
-    return ids
-
-
-async def set_max_concurrent(db: Database, env_id: str, limit: int) -> None:
-    async with db.write() as conn:
-        await conn.execute(
-            sa.update(environments_table)
-            .where(environments_table.c.id == env_id)
-            .values(max_concurrent_runs=limit)
-        )
-
-
-async def statuses(db: Database) -> dict[str, Any]:
-    async with db.read() as conn:
-        rows = await conn.execute(sa.select(runs.c.run_id, runs.c.status))
-        return dict(rows.all())
 
 
 async def test_claim_takes_the_oldest_due_runs(db: Database, env_id: str, project_id: str) -> None:
@@ -207,6 +131,10 @@ async def test_retries_never_exceed_max_attempts(
     clock.advance(2)
     assert await queue.sweep() == [(other, "failed")]
     assert not await queue.complete(other, run.fence, None)
+    swept = await queue.get(other)
+    assert swept is not None and swept.result == {
+        "$err": {"type": "LeaseExpired", "message": swept.error["message"]}
+    }
 
 
 async def test_a_cancelled_queued_run_is_never_claimed(
@@ -352,7 +280,7 @@ async def test_500_runs_drained_by_4_claimers(
                     status = await queue.fail(run.run_id, run.fence, ERROR, retry=True)
                     if status == "failed":
                         terminal_writes[run.run_id] += 1
-                elif await queue.complete(run.run_id, run.fence, {"$ok": run.input["i"]}):
+                elif await queue.complete(run.run_id, run.fence, {"$ok": run.input["args"][0]}):
                     terminal_writes[run.run_id] += 1
 
     async def sweeper() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +18,6 @@ import sqlalchemy as sa
 from agentplex.core import environments
 from agentplex.core.clock import aware, new_id, utcnow
 from agentplex.core.projects import ProjectService
-from agentplex.db import migrate
 from agentplex.db.engine import Database
 from agentplex.db.records import builds as build_records
 from agentplex.db.records import schedules as schedule_records
@@ -32,25 +31,6 @@ def utc(
     year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, us: int = 0
 ) -> datetime:
     return datetime(year, month, day, hour, minute, second, us, tzinfo=UTC)
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await migrate.upgrade(database)
-    yield database
-    await database.dispose()
-
-
-@pytest.fixture
-async def env_id(db: Database) -> str:
-    async with db.write() as conn:
-        return (await environments.ensure_default(conn)).id
-
-
-@pytest.fixture
-async def project_id(db: Database, env_id: str) -> str:
-    return (await ProjectService(db).create(env_id, "hello")).project_id
 
 
 async def deploy(

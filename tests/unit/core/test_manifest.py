@@ -111,3 +111,48 @@ def test_duplicates_and_types() -> None:
         "schedules": [{"cron": "0 0 * * *", "tz": "../../etc/passwd", "function": "tasks:x"}]
     }
     assert "not a known time zone" in refused(tz_path)
+
+
+def test_timeouts_are_per_function_and_checked() -> None:
+    manifest = parse(
+        {
+            "handlers": [{"event": "a", "function": "hello.handlers:on_a", "timeout": 5}],
+            "schedules": [{"cron": "* * * * *", "function": "tasks:tick", "timeout": 0.5}],
+            "functions": [{"function": "hello.math:add", "timeout": 30}, "hello.math:sub"],
+        }
+    )
+    assert manifest.timeouts == {"hello.handlers:on_a": 5, "tasks:tick": 0.5, "hello.math:add": 30}
+    assert manifest.timeout_of("hello.math:sub") is None
+    assert Manifest.from_json(manifest.to_json()) == manifest
+
+    message = refused(
+        {
+            "handlers": [
+                {"event": "a", "function": "hello.handlers:on_a", "timeout": 5},
+                {"event": "b", "function": "hello.handlers:on_a", "timeout": 6},
+            ],
+            "functions": [
+                {"function": "hello.math:add", "timeout": 0},
+                {"function": "hello.math:sub", "timeout": 90000},
+                {"function": "tasks:x", "timeout": "10"},
+            ],
+        }
+    )
+    assert "handlers[1].timeout: hello.handlers:on_a is given two timeouts" in message
+    assert "functions[0].timeout: 0 is not a number of seconds above 0" in message
+    assert "functions[1].timeout: 90000 s is over the limit" in message
+    assert "functions[2].timeout: '10' is not a number" in message
+
+
+def test_entry_points_declared_in_code_carry_their_timeouts() -> None:
+    from agentplex.core.manifest import from_declarations
+
+    manifest = from_declarations(
+        [
+            {"kind": "event", "module": "m", "name": "f", "event": "e", "timeout": 2},
+            {"kind": "function", "module": "m", "name": "g"},
+        ]
+    )
+    assert manifest.timeouts == {"m:f": 2}
+    with pytest.raises(BadRequest, match="above 0"):
+        from_declarations([{"kind": "function", "module": "m", "name": "g", "timeout": -1}])

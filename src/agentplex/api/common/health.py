@@ -95,6 +95,7 @@ async def status(call: Call) -> dict[str, Any]:
     if await _trusted(call):
         body["database"] = services.db.url.get_backend_name()
         body["sandbox"] = services.sandbox_backend.status()
+        body["runs"] = services.engine.status()
         body["data"]["server"]["host"] = server.host
     return body
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -171,3 +171,13 @@ async def unused_blob_keys(conn: AsyncConnection, keys: Sequence[str]) -> set[st
     query = select(builds.c.blob_key).where(builds.c.blob_key.in_(list(keys))).distinct()
     used = {str(key) for key in (await conn.execute(query)).scalars()}
     return set(keys) - used
+
+
+async def manifests(conn: AsyncConnection, build_ids: Collection[str]) -> dict[str, Any]:
+    """The stored manifest (JSON) of each of these builds that exists."""
+    if not build_ids:
+        return {}
+    query = select(builds.c.build_id, builds.c.manifest).where(
+        builds.c.build_id.in_(sorted(build_ids))
+    )
+    return {str(row.build_id): row.manifest for row in await conn.execute(query)}

@@ -228,7 +228,9 @@ async def sweep_expired(
     conn: AsyncConnection, now: datetime, error: Mapping[str, Any]
 ) -> list[tuple[str, str]]:
     """Runs whose lease expired: cancelled if cancel was asked, failed when out of attempts,
-    queued again (due now) otherwise. (run_id, new status) of each."""
+    queued again (due at once, ahead of runs queued after it) otherwise. A run ended here gets
+    ``error`` and Hot's ``{"$err": {type, message}}`` result. (run_id, new status) of each."""
+    ended = {"$err": {"type": error.get("type", "Error"), "message": error.get("message", "")}}
     expired = [
         runs.c.status == "running",
         runs.c.lease_expires_at.is_not(None),
@@ -242,13 +244,19 @@ async def sweep_expired(
     }
     swept: list[tuple[str, str]] = []
     steps: list[tuple[list[Any], dict[str, Any]]] = [
-        ([runs.c.cancel_requested.is_(True)], {"status": "cancelled", "stopped_at": now}),
-        ([runs.c.attempt >= runs.c.max_attempts], {"status": "failed", "stopped_at": now}),
+        (
+            [runs.c.cancel_requested.is_(True)],
+            {"status": "cancelled", "stopped_at": now, "result": ended},
+        ),
+        (
+            [runs.c.attempt >= runs.c.max_attempts],
+            {"status": "failed", "stopped_at": now, "result": ended},
+        ),
         (
             [],
             {
+                # available_at stays (it is past): a run taken back goes before later ones
                 "status": "queued",
-                "available_at": now,
                 "next_retry_at": now,
                 "retry_attempt": runs.c.attempt,
             },
