@@ -88,8 +88,10 @@ def sse_response(
                 )
         finally:
             stop.cancel()
-            if following is not None and not following.done():
+            if following is not None:
                 following.cancel()
+                # its outcome (often StopAsyncIteration, as the source closes) is nobody's
+                following.add_done_callback(_retrieve)
 
     return EventSourceResponse(
         frames(),
@@ -98,3 +100,9 @@ def sse_response(
         shutdown_event=shutdown,
         shutdown_grace_period=1.0,
     )
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Take a finished future's outcome, so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
