@@ -113,6 +113,49 @@ def _exit_cleanly(_signum: int, _frame: object) -> None:
     sys.exit(0)
 
 
+@main.command()
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Runs executed at once (default: runs.workers, 8).",
+)
+@click.option(
+    "--scheduler", is_flag=True, help="Also run the cron scheduler (it is safe in several)."
+)
+@_DATA_DIR_OPTION
+@_CONFIG_OPTION
+def worker(
+    workers: int | None, scheduler: bool, data_dir: Path | None, config_file: Path | None
+) -> None:
+    """Execute queued runs of the configured database, without HTTP: a worker node.
+
+    Several worker processes (and `agentplex serve`) share one PostgreSQL, on any machines;
+    on SQLite they must share the machine and the data directory. Stops on SIGTERM/SIGINT,
+    letting running runs finish for runs.grace_seconds."""
+    from agentplex.services import WorkerNode
+
+    settings = _settings(config_file, {"data_dir": data_dir})
+    slots = workers if workers is not None else max(settings.runs.workers, 1)
+    try:
+        node = WorkerNode(settings, workers=slots, scheduler=scheduler)
+    except MasterKeyError as exc:
+        raise click.ClickException(exc.message) from None
+    asyncio.run(_run_worker(node))
+
+
+async def _run_worker(node: Any) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()
+
+
 def _prog() -> str:
     """How to run this program from here: ``agentplex`` when that name on PATH is this
     program, else its path (e.g. ``.venv/bin/agentplex``, which scripts/install makes)."""
@@ -380,6 +423,15 @@ async def _list_envs(settings: Settings) -> Any:
     for key in keys:
         counts[key.env_id] = counts.get(key.env_id, 0) + 1
     return envs, counts
+
+
+def _register_client_commands() -> None:
+    from agentplex.cli_client import register
+
+    register(main)
+
+
+_register_client_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,1 @@
+"""hello: the agentplex example project (see ../README.md)."""
