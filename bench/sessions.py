@@ -819,9 +819,7 @@ def main() -> int:
                 servers = [openai_ap, scripted_ap, scripted200]
                 use_opencode = not args.no_opencode and OPENCODE_BINARY.exists()
                 if not args.no_opencode and not use_opencode:
-                    print(
-                        f"OpenCode not installed ({OPENCODE_BINARY}): run scripts/install --test"
-                    )
+                    print(f"OpenCode not installed ({OPENCODE_BINARY}): run scripts/install --test")
                 opencode = _opencode(workdir, model.url) if use_opencode else None
                 if opencode:
                     servers.append(opencode)
