@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -279,3 +280,18 @@ async def test_figures_come_back_with_any_backend(manager: SandboxManager) -> No
     assert base64.b64decode(out["png"]).startswith(b"\x89PNG")
     assert "png" not in await run(h, "print(1)")
     await manager.delete(h.id)
+
+
+async def test_the_servers_short_lived_sandboxes_left_by_a_crash_are_removed_at_start(
+    tmp_path: Path,
+) -> None:
+    """A run engine's warm sandbox, a discovery sandbox or a template build's sandbox never
+    outlives its server: after a crash, the next start removes what they left on disk. Users'
+    sandboxes (Hopx, kept across restarts) stay."""
+    sandboxes = tmp_path / "sandboxes"
+    for name in ("apx-run-0123", "apx-disc-4567", "bld_89ab", "sbx_users0000"):
+        (sandboxes / name / "workspace").mkdir(parents=True)
+        (sandboxes / name / "workspace" / "file").write_text("x")
+    async with SandboxManager(tmp_path, pool_size=0):
+        assert sorted(p.name for p in sandboxes.iterdir()) == ["sbx_users0000"]
+    assert (sandboxes / "sbx_users0000" / "workspace" / "file").read_text() == "x"

@@ -24,6 +24,11 @@ from typing import Any, Literal, NamedTuple, Protocol
 DEFAULT_TEMPLATE = "python"
 """The template a sandbox is created from when the request names none (Hopx's default)."""
 
+EPHEMERAL_SANDBOX_PREFIXES = ("apx-", "bld_")
+"""Ids of the server's own short-lived sandboxes (the run engine's warm environments and
+discovery sandboxes, template builds). Nothing outlives the process that made them, so a
+backend removes any it finds when it opens (a crash left them)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Resources:

@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 
 from agentplex.core.ports import (
+    EPHEMERAL_SANDBOX_PREFIXES,
     DataPlaneResponse,
     DataPlaneSocket,
     ExitListener,
@@ -188,8 +189,10 @@ class SandboxManager(SandboxBackend):
         self.run_dir.mkdir(mode=0o711, exist_ok=True)
         for stale in self.run_dir.iterdir():
             shutil.rmtree(stale, ignore_errors=True)
-        for stale in self.sandboxes_dir.glob(".pool-*"):  # pooled sandboxes of a previous run
-            shutil.rmtree(stale, ignore_errors=True)
+        for stale in self.sandboxes_dir.iterdir():
+            # pooled sandboxes of a previous run, and the server's own short-lived ones
+            if stale.name.startswith((".pool-", *EPHEMERAL_SANDBOX_PREFIXES)):
+                shutil.rmtree(stale, ignore_errors=True)
         self.cgroups = await asyncio.to_thread(CgroupRoot.detect)
         if self.cgroups is not None:
             await asyncio.to_thread(self.cgroups.sweep)
