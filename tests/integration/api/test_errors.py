@@ -104,3 +104,26 @@ async def test_bad_query_parameters_are_400(client: httpx.AsyncClient) -> None:
         assert response.json()["error"]["code"] == "bad_request"
     cursor = await client.get("/api/v1/logs/stream", headers={"Last-Event-ID": "x"})
     assert cursor.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("url", "envelope"),
+    [
+        ("/v1/projects/a%00b", "/v1/echo"),
+        ("/v1/runs?project=%00", "/v1/echo"),
+        ("/v1/projects/%00/builds/x", "/v1/echo"),
+        ("/api/v1/sessions/a%00b", "/api/v1/echo"),
+        ("/agents/a%00b", "/agents/echo"),
+        ("/session/a%00b", "/session/echo"),
+        ("/v1/sandboxes/a%00b", "/v1/sandboxes/echo"),
+    ],
+)
+async def test_a_nul_in_the_url_is_a_400_on_every_backend(
+    client: httpx.AsyncClient, url: str, envelope: str
+) -> None:
+    """PostgreSQL refuses a NUL in any text: it must never reach a query (it was a 500 there
+    and a 404 on SQLite)."""
+    answer = await client.get(url)
+    assert answer.status_code == 400
+    assert BAD_REQUEST[envelope](answer.json()), answer.json()
+    assert "NUL" in answer.text

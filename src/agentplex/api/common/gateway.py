@@ -110,6 +110,15 @@ class Gateway:
         extra: list[tuple[bytes, bytes]],
     ) -> Any:
         """None when the request may go on, else the response that refuses it."""
+        if (
+            "\x00" in path
+            or b"%00" in scope.get("query_string", b"")
+            or b"\x00" in scope.get("query_string", b"")
+        ):
+            # no route takes a NUL, and PostgreSQL refuses one in any text it is sent
+            return error_response(
+                path, 400, "bad_request", "The URL contains a NUL character (%00)", request_id
+            )
         for name, value in headers:
             if name == b"content-length":
                 try:
