@@ -59,8 +59,10 @@ class Package:
 def project_files(root: Path) -> list[str]:
     """The files of the project at ``root`` a build carries, as sorted archive paths: dotfiles
     and dot-directories (``.git``, ``.venv``), ``__pycache__``, compiled files and virtualenvs
-    (any directory holding ``pyvenv.cfg``) are left out."""
+    (any directory holding ``pyvenv.cfg``) are left out, and so are symbolic links leading
+    out of the project (said on stderr): a deploy never uploads a file from elsewhere."""
     found: list[str] = []
+    top = root.resolve()
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
         dirs[:] = sorted(
@@ -73,6 +75,9 @@ def project_files(root: Path) -> list[str]:
         for name in sorted(files):
             path = here / name
             if name.startswith(".") or name.endswith((".pyc", ".pyo")) or not path.is_file():
+                continue
+            if path.is_symlink() and not path.resolve().is_relative_to(top):
+                click.echo(f"skipping {path}: a link to {path.resolve()}, outside", err=True)
                 continue
             found.append(path.relative_to(root).as_posix())
     return sorted(found)
