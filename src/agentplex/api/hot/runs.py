@@ -24,6 +24,7 @@ routes = RouteTable(tags=["hot"])
 _RUN = "/v1/runs/{run_id}"
 _DURATION: TypeAdapter[timedelta] = TypeAdapter(timedelta)
 _BAD_DURATION = "time_range must be an ISO 8601 duration such as P7D (7 days) or PT1H (1 hour)"
+_ALL_TIME = timedelta(days=365 * 1000)  # a longer time_range keeps every run as well
 
 
 class RunsQuery(Page):
@@ -47,9 +48,10 @@ def time_range(raw: str | None) -> timedelta | None:
     if not text.upper().startswith("P"):  # pydantic would also take "3600" or "1 day"
         raise BadRequest(f"{_BAD_DURATION}, not {raw!r}")
     try:
-        return _DURATION.validate_python(text)
-    except ValidationError:
+        value = _DURATION.validate_python(text)
+    except (ValidationError, OverflowError):
         raise BadRequest(f"{_BAD_DURATION}, not {raw!r}") from None
+    return min(value, _ALL_TIME) if value > timedelta(0) else value
 
 
 def _run_id(call: Call) -> str:
