@@ -355,7 +355,7 @@ class RunSettings(_Subsystem):
     model_config = SettingsConfigDict(env_prefix="AGENTPLEX_RUNS_", extra="ignore")
 
     workers: int = Field(
-        8,
+        16,
         ge=0,
         description="Runs `agentplex serve` executes at once in-process (0: none; runs then "
         "need `agentplex worker` processes).",
@@ -384,7 +384,7 @@ class RunSettings(_Subsystem):
     )
     backoff_max_seconds: float = Field(300.0, ge=0, description="Longest wait before a retry.")
     warm_per_build: int = Field(
-        2, ge=0, description="Warm sandboxes kept per deployed build, its code imported."
+        4, ge=0, description="Warm sandboxes kept per deployed build, its code imported."
     )
     max_warm_sandboxes: int = Field(
         16,

@@ -39,6 +39,8 @@ _SEEN_WINDOW = 4096
 _LOOKBACK = 2048
 _INSERT_CHUNK = 200
 
+_INSERT_ITEMS = stream_items.insert().returning(stream_items.c.id)
+
 Entry = tuple[str, dict[str, Any]]
 """An item to append: (stream_id, data)."""
 
@@ -100,10 +102,11 @@ async def write_items(conn: AsyncConnection, entries: Sequence[Entry]) -> list[S
             {"stream_id": sid, "data": data, "created_at": created}
             for sid, data in entries[start : start + _INSERT_CHUNK]
         ]
-        # one statement per chunk (executemany would send a statement per row on SQLite);
-        # ids are given in the order of the rows, so their sorted values map back to them
-        query = stream_items.insert().values(rows).returning(stream_items.c.id)
-        ids.extend(sorted(int(i) for i in (await conn.execute(query)).scalars()))
+        # one statement per chunk (SQLAlchemy's "insertmanyvalues" makes the rows one
+        # multi-row INSERT ... RETURNING, from a statement compiled once); ids are given in
+        # the order of the rows, so their sorted values map back to them
+        result = await conn.execute(_INSERT_ITEMS, rows)
+        ids.extend(sorted(int(i) for i in result.scalars()))
     return [
         StreamItem(item_id, sid, data, created)
         for item_id, (sid, data) in zip(ids, entries, strict=True)

@@ -71,7 +71,7 @@ class SandboxBroken(Exception):
 class ExecutorConfig:
     """What `SandboxRunExecutor` reads from its configuration (`RunSettings` has these)."""
 
-    warm_per_build: int = 2
+    warm_per_build: int = 4
     max_warm_sandboxes: int = 16
     warm_idle_seconds: float = 600.0
     internet_access: bool = False

@@ -35,6 +35,7 @@ import psycopg
 
 from agentplex.core.clock import aware, utcnow
 from agentplex.core.events import Run, run_from_row
+from agentplex.core.streams import Entry, StreamItem, write_items
 from agentplex.db.engine import Database
 from agentplex.db.records import runs as records
 from agentplex.errors import BadRequest, RunNotFound
@@ -48,6 +49,9 @@ LEASE_EXPIRED = {
     "traceback": None,
 }
 _CANCEL_PREFIX = "cancel:"
+FREE_PREFIX = "free:"
+"""A NOTIFY payload saying a run of an environment finished (a slot of it is free): it wakes
+only workers whose last claim left runs queued because of ``max_concurrent_runs``."""
 
 
 class RunQueue:
@@ -68,6 +72,9 @@ class RunQueue:
         self._wake: asyncio.Event | None = None
         self._listener: asyncio.Task[None] | None = None
         self._cancel_callbacks: list[Callable[[str], None]] = []
+        # the last claim left due runs queued because their environment was full: a finish
+        # (a slot freed) must wake the claimers then, and only then
+        self._blocked = False
 
     # -- claiming --------------------------------------------------------------------------
 
@@ -84,24 +91,48 @@ class RunQueue:
         ``max_concurrent_runs`` of an environment run at once (``env_limits`` overrides an
         environment's quota; None there means no limit): the others stay queued. Fewer than
         ``limit`` can come back while more are due (claim again at once when any came back)."""
+        runs, _ = await self.claim_and_start(
+            worker_id, limit=limit, lease_seconds=lease_seconds, env_limits=env_limits
+        )
+        return runs
+
+    async def claim_and_start(
+        self,
+        worker_id: str,
+        *,
+        limit: int = 1,
+        lease_seconds: float = 30.0,
+        env_limits: Mapping[str, int | None] | None = None,
+        start_items: Callable[[list[Run]], list[Entry]] | None = None,
+    ) -> tuple[list[Run], list[StreamItem]]:
+        """`claim`, and in the same transaction the stream items ``start_items(runs)`` makes
+        of the runs claimed (``run:start``...): the runs, and the items to announce."""
         if limit < 1:
-            return []
+            return [], []
         if lease_seconds <= 0:
             raise BadRequest(f"lease_seconds is {lease_seconds}: a lease must last a while")
         overrides = dict(env_limits or {})
         async with self.db.write() as conn:
             now = self.clock()
-            running = await records.running_counts(conn)
-            limits = await self._limits(conn, running.keys(), overrides)
-            saturated = {e for e, n in running.items() if _full(limits.get(e), n)}
+            # environments at their limit are left out of the window, so that their queued
+            # runs do not crowd out other environments' (one statement)
+            seen = await records.capacity(conn)
+            saturated = {e for e, (n, cap) in seen.items() if _full(_cap(e, cap, overrides), n)}
             saturated |= {e for e, cap in overrides.items() if cap is not None and cap <= 0}
             window = await records.candidates(conn, now, max(limit * 4, limit + 16), saturated)
+            self._blocked = bool(saturated)
             if not window:
-                return []
+                return [], []
             envs = {env_id for _, env_id in window}
-            await records.lock_environments(conn, envs)  # then count exactly
-            running = await records.running_counts(conn, envs)
-            limits = await self._limits(conn, envs, overrides)
+            if self.db.is_sqlite:
+                # one writer at a time (BEGIN IMMEDIATE): what was counted above is exact
+                exact = {e: seen[e] for e in envs & seen.keys()}
+                if envs - seen.keys():  # environments with no running run: their limits
+                    exact.update(await records.capacity(conn, envs - seen.keys()))
+            else:  # lock the environments' rows, then count exactly
+                exact = await records.capacity(conn, envs, lock=True)
+            running = {e: n for e, (n, _) in exact.items()}
+            limits = {e: _cap(e, cap, overrides) for e, (_, cap) in exact.items()}
             chosen: list[str] = []
             for run_id, env_id in window:
                 if len(chosen) == limit:
@@ -110,20 +141,14 @@ class RunQueue:
                     continue
                 running[env_id] = running.get(env_id, 0) + 1
                 chosen.append(run_id)
+            if len(chosen) < min(limit, len(window)):
+                self._blocked = True  # some were left for their environment's limit
             until = now + timedelta(seconds=lease_seconds)
             rows = await records.mark_claimed(conn, chosen, worker_id, now, until)
-        order = {run_id: i for i, run_id in enumerate(chosen)}
-        return sorted((run_from_row(r) for r in rows), key=lambda run: order[run.run_id])
-
-    @staticmethod
-    async def _limits(
-        conn: Any, env_ids: Any, overrides: Mapping[str, int | None]
-    ) -> dict[str, int | None]:
-        limits: dict[str, int | None] = dict(
-            await records.concurrency_limits(conn, [e for e in env_ids if e not in overrides])
-        )
-        limits.update({e: overrides[e] for e in env_ids if e in overrides})
-        return limits
+            order = {run_id: i for i, run_id in enumerate(chosen)}
+            runs = sorted((run_from_row(r) for r in rows), key=lambda run: order[run.run_id])
+            items = await write_items(conn, start_items(runs)) if start_items and runs else []
+        return runs, items
 
     # -- the holder's writes ---------------------------------------------------------------
 
@@ -277,6 +302,13 @@ class RunQueue:
         """There may be work: wake this process's waiting workers."""
         self._event().set()
 
+    def notify_freed(self) -> None:
+        """A run finished, so a slot of its environment is free: wake this process's waiting
+        workers if their last claim left runs queued for an environment's limit (otherwise
+        there is nothing a claim would find now: new runs come with their own notify)."""
+        if self._blocked:
+            self._event().set()
+
     async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109 (a worker loop's API)
         """Wait until ``notify`` (or, on PostgreSQL once started, a NOTIFY from any process)
         or ``timeout`` seconds; True when woken. A notification that came since the last
@@ -315,6 +347,8 @@ class RunQueue:
                     async for note in conn.notifies():
                         if note.payload.startswith(_CANCEL_PREFIX):
                             self._cancel_requested(note.payload[len(_CANCEL_PREFIX) :])
+                        elif note.payload.startswith(FREE_PREFIX):
+                            self.notify_freed()
                         else:
                             self.notify()
             except asyncio.CancelledError:
@@ -325,6 +359,11 @@ class RunQueue:
 
 
 _RELEASED: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+
+
+def _cap(env_id: str, cap: int | None, overrides: Mapping[str, int | None]) -> int | None:
+    """An environment's limit: the override given to ``claim``, else its quota."""
+    return overrides.get(env_id, cap)
 
 
 def _full(limit: int | None, running: int) -> bool:

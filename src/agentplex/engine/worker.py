@@ -5,19 +5,20 @@ batches (`RunQueue.claim`, which enforces each environment's ``max_concurrent_ru
 otherwise waits for a notification (`RunQueue.wait_for_work`); the wait's timeout only
 covers the next retry's due time (and, on SQLite, other processes, which cannot notify).
 
-For each run it writes ``run:start`` and ``run:update`` (running) to the run's stream, loads
-the project's secrets, and executes the handler. What the handler produces goes, as it comes,
-to the stream (``stream:data``), the run's vars or a new event (``origin_run_id`` set). The
-outcome is written fenced (`records.update_held`): ``{"$ok": value}`` when it succeeded; a
-failure is queued again after a backoff while attempts are left; a cancel ends it
-``cancelled``. Then come the run's end items and, once every run of its event is finished,
-``stream:complete``.
+For each run it writes ``run:start`` and ``run:update`` (running) to the run's stream, in the
+claim's transaction, loads the project's secrets, and executes the handler. What the handler
+produces goes, as it comes, to the stream (``stream:data``), the run's vars or a new event
+(``origin_run_id`` set). The outcome is written fenced (`records.update_held`): ``{"$ok":
+value}`` when it succeeded; a failure is queued again after a backoff while attempts are
+left; a cancel ends it ``cancelled``. Then come the run's end items and, once every run of its
+event is finished, ``stream:complete``.
 
 Every write goes through one writer task that commits everything pending in one transaction
-(group commit): the start items of a batch, the output of every running run, and the
-outcomes of the runs that finished together. Each outcome's update stays per run and exact;
-one that finds its fence gone (the lease was lost: the run was swept, perhaps claimed again)
-writes nothing, neither state nor items.
+(group commit): the output of every running run, and the outcomes of the runs that finished
+together. Each outcome's update stays per run and exact; one that finds its fence gone (the
+lease was lost: the run was swept, perhaps claimed again) writes nothing, neither state nor
+items. A finish wakes other claimers (NOTIFY ``free:<env>``) only where a claim left runs
+queued for their environment's ``max_concurrent_runs``.
 
 Leases: every ``heartbeat_seconds`` the worker renews the leases of its runs; a run whose lease
 is lost (or could not be renewed before it expired) is stopped and nothing of its end is
@@ -60,7 +61,7 @@ from agentplex.db.engine import Database
 from agentplex.db.records import builds as build_records
 from agentplex.db.records import run_vars as var_records
 from agentplex.db.records import runs as records
-from agentplex.engine.queue import LEASE_EXPIRED, RunQueue
+from agentplex.engine.queue import FREE_PREFIX, LEASE_EXPIRED, RunQueue
 from agentplex.errors import AgentplexError, BadRequest
 from agentplex.settings import RunSettings
 
@@ -114,8 +115,9 @@ class _Commit:
     entries: list[Entry] = dataclasses.field(default_factory=list)
     finished: list[Run] = dataclasses.field(default_factory=list)
     announce: list[StreamItem] = dataclasses.field(default_factory=list)
-    wake: bool = False  # runs finished or were queued: wake this process's workers
+    wake: bool = False  # runs were queued: wake this process's workers
     notify_env: str | None = None  # ... and other processes' (PostgreSQL NOTIFY)
+    freed_env: str | None = None  # a run finished: a slot of its environment is free
 
 
 class _Op:
@@ -205,12 +207,16 @@ class _Writer:
             commit.announce.extend(await write_items(conn, commit.entries))
             if commit.notify_env is not None:
                 await records.notify(conn, commit.notify_env)
+            elif commit.freed_env is not None:  # wakes only claimers held back by a limit
+                await records.notify(conn, FREE_PREFIX + commit.freed_env)
         try:
             await self.streams.announce(commit.announce)
         except Exception:  # the items are stored: followers catch up from the store
             log.exception("could not announce %d stream items", len(commit.announce))
         if commit.wake:
             self.queue.notify()
+        elif commit.freed_env is not None:
+            self.queue.notify_freed()
         return results
 
 
@@ -362,12 +368,21 @@ class _Finish(_Op):
         if after.status == "queued":
             commit.entries.append(run_item("run:update", after))
             commit.notify_env = run.env_id
+            commit.wake = True
         else:
             commit.entries.extend(finished_entries(after))
             commit.finished.append(after)
-            commit.notify_env = commit.notify_env or run.env_id  # a slot of its env is free
-        commit.wake = True
+            commit.freed_env = run.env_id
         return after.status
+
+
+def _start_entries(runs: list[Run]) -> list[Entry]:
+    """What a claimed run writes to its stream as it starts."""
+    entries: list[Entry] = []
+    for run in runs:
+        entries.append(run_item("run:start", run))
+        entries.append(run_item("run:update", run))
+    return entries
 
 
 def _data_entry(run: Run, data_type: str, payload: Any) -> Entry:
@@ -530,17 +545,19 @@ class Worker:
                     continue
             asked_at = self.queue.clock()
             try:
-                runs = await self.queue.claim(
+                # run:start and run:update (running) are written with the claim
+                runs, items = await self.queue.claim_and_start(
                     self.worker_id,
                     limit=min(free, settings.claim_batch),
                     lease_seconds=settings.lease_seconds,
+                    start_items=_start_entries,
                 )
             except Exception:
                 log.exception("worker %s: claiming runs failed; retrying in 1 s", self.worker_id)
                 await asyncio.sleep(1.0)
                 continue
             if runs:
-                await self._launch(runs)
+                await self._launch(runs, items)
                 continue
             await self._wait_for_work(asked_at)
 
@@ -574,15 +591,15 @@ class Worker:
             await asyncio.sleep(1.0)
             return self.queue.clock()
 
-    async def _launch(self, runs: list[Run]) -> None:
+    async def _launch(self, runs: list[Run], items: list[StreamItem]) -> None:
         deadline = time.monotonic() + self.settings.lease_seconds
-        entries: list[Entry] = []
         for run in runs:
             self._active[(run.run_id, run.fence)] = _Active(run, deadline)
-            entries.append(run_item("run:start", run))
-            entries.append(run_item("run:update", run))
-        self._writer.add(_Items(entries))
         self.started += len(runs)
+        try:
+            await self.streams.announce(items)
+        except Exception:  # the items are stored: followers catch up from the store
+            log.exception("could not announce %d stream items", len(items))
         secrets = await self._secrets({(r.env_id, r.project_id) for r in runs})
         await self._load_timeouts({r.build_id for r in runs if r.build_id})
         for run in runs:

@@ -11,7 +11,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -77,25 +77,45 @@ async def count_by_status(conn: AsyncConnection, env_id: str) -> dict[str, int]:
 # -- claiming ----------------------------------------------------------------------------------
 
 
-async def running_counts(
-    conn: AsyncConnection, env_ids: Collection[str] | None = None
-) -> dict[str, int]:
-    """Running runs per environment (every environment with one, or those of ``env_ids``)."""
-    query = select(runs.c.env_id, func.count()).where(runs.c.status == "running")
-    if env_ids is not None:
-        query = query.where(runs.c.env_id.in_(list(env_ids)))
-    rows = await conn.execute(query.group_by(runs.c.env_id))
-    return {str(env_id): int(n) for env_id, n in rows}
-
-
-async def concurrency_limits(conn: AsyncConnection, env_ids: Collection[str]) -> dict[str, int]:
-    """``max_concurrent_runs`` of these environments."""
+async def capacity(
+    conn: AsyncConnection, env_ids: Collection[str] | None = None, *, lock: bool = False
+) -> dict[str, tuple[int, int | None]]:
+    """(running runs, ``max_concurrent_runs``) per environment, in one statement: of every
+    environment with a running run, or of ``env_ids``. ``lock`` (PostgreSQL, with
+    ``env_ids``) holds those environments' rows until the transaction ends, taken in id
+    order so claimers never deadlock, and counts after the lock is granted. An environment
+    with no row has no limit (None)."""
+    if env_ids is None:
+        query = (
+            select(runs.c.env_id, func.count(), environments.c.max_concurrent_runs)
+            .select_from(runs.outerjoin(environments, environments.c.id == runs.c.env_id))
+            .where(runs.c.status == "running")
+            .group_by(runs.c.env_id, environments.c.max_concurrent_runs)
+        )
+        return {
+            str(e): (int(n), None if cap is None else int(cap))
+            for e, n, cap in await conn.execute(query)
+        }
     if not env_ids:
         return {}
-    query = select(environments.c.id, environments.c.max_concurrent_runs).where(
-        environments.c.id.in_(list(env_ids))
+    wanted = sorted(env_ids)
+    limits = (
+        select(environments.c.id, environments.c.max_concurrent_runs)
+        .where(environments.c.id.in_(wanted))
+        .order_by(environments.c.id)
     )
-    return {str(env_id): int(limit) for env_id, limit in await conn.execute(query)}
+    if lock and _is_pg(conn):
+        # locks the rows and reads the limits; the count comes in its own statement, whose
+        # snapshot is taken once the locks were granted
+        limits = limits.with_for_update()
+    caps = {str(e): int(cap) for e, cap in await conn.execute(limits)}
+    counts = (
+        select(runs.c.env_id, func.count())
+        .where(runs.c.status == "running", runs.c.env_id.in_(wanted))
+        .group_by(runs.c.env_id)
+    )
+    running = {str(e): int(n) for e, n in await conn.execute(counts)}
+    return {e: (running.get(e, 0), caps.get(e)) for e in wanted}
 
 
 async def lock_environments(conn: AsyncConnection, env_ids: Collection[str]) -> None:
@@ -181,12 +201,22 @@ async def get_held(conn: AsyncConnection, run_id: str, fence: int) -> Row | None
     return dict(row._mapping) if row else None
 
 
+# built once: the SET clause comes from the parameters' keys (the columns' names), and a
+# statement object reused is compiled and cache-keyed once, not at each run's write
+_UPDATE_HELD = update(runs).where(
+    runs.c.run_id == bindparam("held_run_id"),
+    runs.c.fence == bindparam("held_fence"),
+    runs.c.status == "running",
+)
+
+
 async def update_held(
     conn: AsyncConnection, run_id: str, fence: int, values: Mapping[str, Any]
 ) -> bool:
-    """Write ``values`` if ``fence`` still holds the run; False (nothing written) otherwise."""
-    query = update(runs).where(*_held(run_id, fence)).values(**values)
-    return bool((await conn.execute(query)).rowcount)
+    """Write ``values`` (plain values of columns) if ``fence`` still holds the run; False
+    (nothing written) otherwise."""
+    params = {**values, "held_run_id": run_id, "held_fence": fence}
+    return bool((await conn.execute(_UPDATE_HELD, params)).rowcount)
 
 
 # -- cancel and sweep -----------------------------------------------------------------------
