@@ -14,7 +14,7 @@ Figures from issue 9, each with its target and PASS/MISS (see bench/README.md), 
 3. sustained runs completed per second with a trivial handler: ``--runs`` runs, published as
    events each taken by ``--fanout`` handlers (so HTTP publishing is not what is measured),
    8 concurrent publishers; wall time from the first publish until every run is finished.
-   With the in-process workers of ``agentplex serve`` (8 slots), then with ``runs.workers=0``
+   With the in-process workers of ``agentplex serve`` (runs.workers slots), then ``runs.workers=0``
    and 1, then 2 ``agentplex worker --workers 8`` processes: the scaling ratio 2/1, and CPU
    use (machine-wide from /proc/stat, and per process tree). Target >= 300 runs/s.
 
@@ -68,7 +68,6 @@ PG_URL = os.environ.get(
 TARGET_DISPATCH_MS = 10.0
 TARGET_CALL_MS = 25.0
 TARGET_RUNS_PER_S = 300.0
-SLOTS = 8
 PUBLISHERS = 8
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -179,6 +178,10 @@ class Backend:
     extra: dict[str, str] = field(default_factory=dict)
 
     def env(self, **more: str) -> dict[str, str]:
+        """The environment of a server or worker: the bench's own settings, then the ``--set``
+        ones (``extra``: they win over the bench's), then ``more``, what one figure needs
+        (``AGENTPLEX_RUNS_WORKERS=0`` on the server of the worker figures: it wins over a
+        ``--set`` of the same variable)."""
         env = _base_env()
         env.update(
             AGENTPLEX_DATA_DIR=str(self.data_dir),
@@ -189,10 +192,17 @@ class Backend:
             AGENTPLEX_LOG_ACCESS_LOG="false",
             AGENTPLEX_SANDBOX_POOL_SIZE="0",
             AGENTPLEX_GIT_SHA="bench",
-            **self.extra,
-            **more,
         )
+        env.update(self.extra)
+        env.update(more)
         return env
+
+    @property
+    def slots(self) -> int:
+        """Run slots of a server's in-process workers and of each ``agentplex worker``: a
+        ``--set AGENTPLEX_RUNS_WORKERS=N``, else the server's default."""
+        raw = self.extra.get("AGENTPLEX_RUNS_WORKERS")
+        return int(raw) if raw else _default_slots()
 
 
 def _agentplex() -> str:
@@ -218,8 +228,14 @@ def _serve(backend: Backend, workdir: Path, **env: str) -> tuple[Proc, str]:
     sys.exit(f"agentplex serve did not answer within 60 s:\n{server.tail()}")
 
 
+def _default_slots() -> int:
+    from agentplex.settings import RunSettings
+
+    return int(RunSettings.model_fields["workers"].default)
+
+
 def _worker(backend: Backend, workdir: Path, index: int) -> Proc:
-    command = [_agentplex(), "worker", "--workers", str(SLOTS)]
+    command = [_agentplex(), "worker", "--workers", str(backend.slots)]
     log = workdir / f"worker-{index}.log"
     return Proc(f"worker-{index}", command, backend.env(), log).start()
 
@@ -300,6 +316,9 @@ class CpuMeter:
             before = self.trees0.get(name, {})
             used = sum(j - before.get(pid, 0) for pid, j in now.items())
             out[f"{name}_cpu_s"] = round(used / CLK_TCK, 2)
+            root = self.roots[name]  # the Python process alone; the rest are its sandboxes
+            own = now.get(root, 0) - before.get(root, 0)
+            out[f"{name}_process_cpu_s"] = round(own / CLK_TCK, 2)
         return out
 
 
@@ -555,7 +574,9 @@ def bench_throughput(url: str, runs: int, fanout: int, roots: dict[str, int]) ->
     engine_cpu = sum(  # the process trees: server, workers and their sandboxes
         v
         for k, v in cpu.items()
-        if k.endswith("_cpu_s") and k not in ("machine_cpu_s", "bench_client_cpu_s")
+        if k.endswith("_cpu_s")
+        and not k.endswith("_process_cpu_s")
+        and k not in ("machine_cpu_s", "bench_client_cpu_s")
     )
     return {
         "runs": expected,
@@ -594,12 +615,12 @@ def _backend(name: str, workdir: Path) -> Iterator[Backend]:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-def _warm_up(url: str) -> None:
+def _warm_up(url: str, slots: int) -> None:
     """First runs start the build's warm sandboxes: not part of any figure."""
     from hot import HotClient
 
     with HotClient(token=KEY, base_url=url, timeout=120.0) as hot:
-        for i in range(2 * SLOTS):
+        for i in range(2 * slots):
             hot.events.call_hot("::benchapp::handlers/ping", [i], timeout=120.0)
 
 
@@ -618,7 +639,7 @@ def run_backend(name: str, args: argparse.Namespace, only: set[str]) -> dict[str
             try:
                 manifest = deploy(url, project)
                 report["entry_points"] = {k: len(v) for k, v in manifest.items() if k != "version"}
-                _warm_up(url)
+                _warm_up(url, backend.slots)
                 if "dispatch" in only:
                     print(f"[{name}] 1. publish -> run started", flush=True)
                     report["dispatch"] = bench_dispatch(url, args.dispatch)
@@ -628,7 +649,8 @@ def run_backend(name: str, args: argparse.Namespace, only: set[str]) -> dict[str
                     report["call"] = bench_call(url, args.calls)
                     print(f"  {report['call']}", flush=True)
                 if "throughput" in only:
-                    print(f"[{name}] 3. runs/s, in-process workers ({SLOTS})", flush=True)
+                    print(f"[{name}] 3. runs/s, in-process workers ({backend.slots})", flush=True)
+                    report["slots"] = backend.slots
                     report["in_process"] = bench_throughput(
                         url, args.runs, args.fanout, {"serve": server.pid}
                     )
@@ -647,7 +669,7 @@ def run_backend(name: str, args: argparse.Namespace, only: set[str]) -> dict[str
                         for worker in workers:
                             if not worker.alive():
                                 sys.exit(f"{worker.name} exited:\n{worker.tail()}")
-                        _warm_up(url)
+                        _warm_up(url, backend.slots)
                         print(f"[{name}] 3. runs/s, {count} agentplex worker(s)", flush=True)
                         roots = {"serve": server.pid} | {w.name: w.pid for w in workers}
                         figure = bench_throughput(url, args.runs, args.fanout, roots)
@@ -755,7 +777,7 @@ def main() -> int:
                 )
             )
         for key, label in (
-            ("in_process", f"in-process workers ({SLOTS} slots)"),
+            ("in_process", f"in-process workers ({result.get('slots', '?')} slots)"),
             ("workers_1", "1 agentplex worker"),
             ("workers_2", "2 agentplex workers"),
         ):
