@@ -26,6 +26,9 @@ class Event:
     event: str | None = None
 
 
+_MAX_CURSOR = 2**63 - 1
+
+
 def resume_cursor(request: Request, param: str = "after") -> int:
     """Where a subscriber resumes: the ``Last-Event-ID`` header, else the ``after`` query."""
     raw = request.headers.get("last-event-id") or request.query_params.get(param)
@@ -39,6 +42,8 @@ def resume_cursor(request: Request, param: str = "after") -> int:
         ) from None
     if cursor < 0:
         raise BadRequest(f"Invalid cursor {cursor}: it must not be negative")
+    if cursor > _MAX_CURSOR:  # no id is that large, and the databases' integers end there
+        raise BadRequest(f"Invalid cursor {raw[:40]!r}: item ids stop at {_MAX_CURSOR}")
     return cursor
 
 

@@ -27,7 +27,10 @@ _KEEPALIVE = b": keep-alive\n\n"
 class StreamQuery(BaseModel):
     project: str | None = Field(None, description="Accepted for the SDK's sake; not a filter")
     after: int | None = Field(
-        None, ge=0, description="Resume after this item id (the Last-Event-ID header wins)"
+        None,
+        ge=0,
+        le=2**63 - 1,
+        description="Resume after this item id (the Last-Event-ID header wins)",
     )
 
 

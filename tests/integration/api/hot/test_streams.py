@@ -315,6 +315,13 @@ async def test_unknown_and_foreign_streams_are_404_before_any_event(live: Live) 
         f"/v1/streams/{event['stream_id']}/subscribe", headers={"Last-Event-ID": "x"}
     )
     assert bad.status_code == 400 and "Last-Event-ID" in bad.json()["error"]["message"]
+    huge = "9" * 26  # past any database integer: a 400, not a stream cut off mid-way
+    for headers, params in (({"Last-Event-ID": huge}, {}), ({}, {"after": str(2**63)})):
+        answer = await live.http.get(
+            f"/v1/streams/{event['stream_id']}/subscribe", headers=headers, params=params
+        )
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] == "bad_request"
 
 
 async def test_terminal_runs_whose_items_never_came_still_end_the_stream(live: Live) -> None:
