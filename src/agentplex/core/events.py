@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentplex.core.clock import aware, iso, new_id, utcnow
-from agentplex.core.manifest import FunctionRef, Manifest, parse_function
+from agentplex.core.manifest import FunctionRef, Manifest, event_type_problem, parse_function
 from agentplex.core.streams import Entry, StreamItem, write_items
 from agentplex.db.records import events as records
 from agentplex.db.records import run_streams
@@ -36,6 +37,9 @@ from agentplex.errors import BadRequest
 CALL_EVENT = "hot:call"
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_EVENT_TYPE_LENGTH = 200
+MAX_EVENT_DATA_BYTES = 1024 * 1024
+MAX_CHAIN_DEPTH = 8
+"""Events published by handlers whose runs publish again: at most this many links."""
 
 RunType = Literal["call", "event", "schedule", "run", "eval", "repl"]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -309,6 +313,9 @@ async def publish(
     event or an unknown function. Other processes' workers are notified at commit
     (PostgreSQL); call the queue's ``notify()`` after the commit for this process's."""
     _check_event_type(event_type)
+    _check_event_data(event_data)
+    if origin_run_id is not None:
+        await _check_chain(conn, origin_run_id)
     now = utcnow()
     event_id, stream_id = new_id(), new_id()
     project_id: str | None = None
@@ -382,6 +389,38 @@ def _check_event_type(event_type: Any) -> None:
         raise BadRequest(
             f"event_type is {len(event_type)} characters long; the limit is {MAX_EVENT_TYPE_LENGTH}"
         )
+    if event_type != CALL_EVENT and (problem := event_type_problem(event_type)):
+        raise BadRequest(f"Invalid event_type: {problem}")
+
+
+def _check_event_data(event_data: Any) -> None:
+    """BadRequest when ``event_data`` is over `MAX_EVENT_DATA_BYTES` as JSON: every run of
+    the event carries it, and every page of the event list."""
+    try:
+        size = len(orjson.dumps(event_data))
+    except (TypeError, orjson.JSONEncodeError):  # the surfaces hand over parsed JSON
+        raise BadRequest("event_data must be JSON") from None
+    if size > MAX_EVENT_DATA_BYTES:
+        raise BadRequest(
+            f"event_data is {size} bytes as JSON; at most {MAX_EVENT_DATA_BYTES} (1 MiB) are"
+            " allowed: put large payloads in a store and send their address"
+        )
+
+
+async def _check_chain(conn: AsyncConnection, origin_run_id: str) -> None:
+    """BadRequest when a handler's publish would chain events deeper than
+    `MAX_CHAIN_DEPTH` (a handler publishing the event that runs it again, say), which would
+    otherwise grow without bound and starve every other project."""
+    run_id: str | None = origin_run_id
+    for _ in range(MAX_CHAIN_DEPTH):
+        run_id = await run_streams.origin_of(conn, run_id) if run_id else None
+        if run_id is None:
+            return
+    raise BadRequest(
+        f"this event would be the {MAX_CHAIN_DEPTH + 1}th in a chain of events published by"
+        f" handlers (at most {MAX_CHAIN_DEPTH}): a handler may be publishing the event that"
+        " runs it"
+    )
 
 
 def _call_arguments(event_data: Any) -> tuple[str, list[Any] | dict[str, Any]]:

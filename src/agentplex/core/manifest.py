@@ -314,14 +314,20 @@ def _add_timeout(
         )
 
 
-def _check_event(problems: _Problems, where: str, event: Any) -> bool:
+def event_type_problem(event: Any) -> str | None:
+    """What is wrong with ``event`` as an event type (1-200 letters, digits and ``_ . : -``,
+    not starting with the reserved ``hot:``), or None."""
     if not isinstance(event, str) or not _EVENT.match(event):
-        problems.add(
-            where, f"{event!r} is not an event type: letters, digits and _ . : - (e.g. user.signup)"
-        )
-        return False
+        shown = repr(event)[:80]
+        return f"{shown} is not an event type: letters, digits and _ . : - (e.g. user.signup)"
     if event.startswith(_RESERVED_EVENTS):
-        problems.add(where, f"{event!r}: events starting with hot: are reserved")
+        return f"{event!r}: events starting with hot: are reserved"
+    return None
+
+
+def _check_event(problems: _Problems, where: str, event: Any) -> bool:
+    if (problem := event_type_problem(event)) is not None:
+        problems.add(where, problem)
         return False
     return True
 

@@ -15,12 +15,12 @@ import sqlalchemy as sa
 from agentplex.bus.memory import MemoryBus
 from agentplex.core.builds import BuildService
 from agentplex.core.clock import utcnow
-from agentplex.core.events import TERMINAL
+from agentplex.core.events import MAX_CHAIN_DEPTH, TERMINAL
 from agentplex.core.manifest import FunctionRef
 from agentplex.core.streams import StreamItem, StreamStore
 from agentplex.db.engine import Database
 from agentplex.db.records import run_vars as var_records
-from agentplex.db.tables import events, runs
+from agentplex.db.tables import events, runs, stream_items
 from agentplex.engine.queue import RunQueue
 from agentplex.engine.worker import Sweeper, UnavailableExecutor
 from tests.integration.engine.conftest import (
@@ -451,6 +451,33 @@ async def test_an_event_published_by_a_handler_names_its_origin(
     child_items = await engine.wait_items(event.stream_id, completed)
     assert types(child_items)[0] == "event:published"
     assert child_items[-2].data["run"]["result"] == {"$ok": {"user": 1}}
+
+
+async def test_a_handler_publishing_the_event_that_runs_it_stops_after_8_links(
+    engine: Engine,
+    executor: MemoryExecutor,
+    builds: BuildService,
+    db: Database,
+    env_id: str,
+    project_id: str,
+) -> None:
+    """A handler that publishes its own event would loop forever (and starve every other
+    project): the chain stops at `MAX_CHAIN_DEPTH`, saying why on the last run's stream."""
+    await deploy(builds, env_id, "hello", {"handlers": [{"event": "loop", "function": SIGNUP}]})
+    executor.functions[SIGNUP] = lambda ctx, event: ctx.publish("loop", {})
+    await engine.worker()
+    await engine.publish(env_id, "loop", {})
+
+    async def refused() -> bool:
+        async with db.read() as conn:
+            texts = (await conn.execute(sa.select(stream_items.c.data))).scalars()
+            return any("chain of events" in str(t) for t in texts)
+
+    await wait_for(refused, what="the chain's end")
+    await asyncio.sleep(0.5)  # nothing more comes
+    async with db.read() as conn:
+        count = (await conn.execute(sa.select(sa.func.count()).select_from(events))).scalar()
+    assert count == 1 + MAX_CHAIN_DEPTH
 
 
 async def test_max_concurrent_runs_holds_and_the_excess_waits_queued(

@@ -1,4 +1,5 @@
-"""Queries behind a run stream's end: whether every run of an event is finished.
+"""Queries behind a run stream's end (whether every run of an event is finished), and behind
+the bound on chains of events published by handlers (`origin_of`).
 
 Workers finishing the last two runs of one event at once (on PostgreSQL) must not both see the
 other's run as unfinished, or the stream would never end: each locks the events' rows (in id
@@ -40,3 +41,14 @@ async def unfinished_events(conn: AsyncConnection, event_ids: Collection[str]) -
         .group_by(runs.c.event_id)
     )
     return {str(e) for e in (await conn.execute(query)).scalars()}
+
+
+async def origin_of(conn: AsyncConnection, run_id: str) -> str | None:
+    """The run whose handler published the event that started ``run_id``, if one did."""
+    query = (
+        select(events.c.origin_run_id)
+        .select_from(runs.join(events, events.c.event_id == runs.c.event_id))
+        .where(runs.c.run_id == run_id)
+    )
+    value = (await conn.execute(query)).scalar()
+    return str(value) if value else None

@@ -290,6 +290,11 @@ async def test_the_list_is_newest_first_with_pagination(hot: httpx.AsyncClient) 
         ({"event_type": "hot:call", "event_data": {"fn": "::hello::math/nope"}}, "deploy"),
         ({"event_type": "hot:call", "event_data": {"fn": "not a name"}}, "::module::path/fn"),
         ({"event_type": "hot:call", "event_data": {"fn": "hello.math:add", "args": 3}}, "list"),
+        # no handler could ever take these (the manifest and the decorators refuse them)
+        ({"event_type": "user signup", "event_data": {}}, "not an event type"),
+        ({"event_type": "user.\u0000", "event_data": {}}, "not an event type"),
+        ({"event_type": "hot:other", "event_data": {}}, "reserved"),
+        ({"event_type": "big", "event_data": {"blob": "x" * (1024 * 1024)}}, "at most 1048576"),
     ],
 )
 async def test_bad_events_are_400_saying_what_to_fix(
