@@ -275,7 +275,8 @@ class RunService:
 
     def follow_run(self, run: Run, after: int = 0) -> AsyncIterator[Frame]:
         """A run's snapshot (``run:update``), then its own items from its stream after the
-        cursor ``after``, until its terminal ``run:update``."""
+        cursor ``after``, until its terminal ``run:update``. A resume (``after`` > 0) of a run
+        that has finished since gets the items it missed, then the terminal snapshot."""
         run_id = run.run_id
 
         def wanted(frame: Frame) -> bool:
@@ -290,7 +291,23 @@ class RunService:
                 return None
             return [Frame({"type": "run:update", "run": run_snapshot(now)})]
 
+        async def missed() -> AsyncIterator[Frame]:
+            cursor = after
+            while page := await self._streams.read(run.stream_id, cursor):
+                for item in page:
+                    cursor = item.id
+                    frame = Frame(item.data, item.id)
+                    if wanted(frame):
+                        yield frame
+                        if last(frame):
+                            return
+            yield Frame({"type": "run:update", "run": run_snapshot(run)})
+
         async def frames() -> AsyncIterator[Frame]:
+            if run.terminal and after > 0:
+                async for frame in missed():
+                    yield frame
+                return
             yield Frame({"type": "run:update", "run": run_snapshot(run)})
             if run.terminal:
                 return

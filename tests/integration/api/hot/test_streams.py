@@ -411,6 +411,13 @@ async def test_a_run_subscription_shows_that_run_until_it_is_terminal(live: Live
     again = await read_sse(live.http, "GET", f"/v1/runs/{mine}/subscribe")
     assert again.types == ["run:update"]
     assert again.frames[0].data["run"]["status"] == "succeeded"
+    # a client cut off after run:start resumes after it: it gets what it missed, nothing lost
+    cursor = received.frames[1].id
+    resumed = await read_sse(
+        live.http, "GET", f"/v1/runs/{mine}/subscribe", headers={"Last-Event-ID": str(cursor)}
+    )
+    assert resumed.types == ["run:update", "stream:data", "run:stop", "run:update"]
+    assert [f.id for f in resumed.frames] == [f.id for f in received.frames[2:]]
 
 
 # -- /v1/streams/subscribe-with-event ----------------------------------------------------------
