@@ -41,6 +41,7 @@ from agentplex.core.projects import resolve as resolve_project
 from agentplex.core.streams import StreamItem, StreamStore
 from agentplex.db.engine import Database
 from agentplex.db.records import events as event_records
+from agentplex.db.records import projects as project_records
 from agentplex.db.records import run_queries as queries
 from agentplex.db.records import run_vars as var_records
 from agentplex.db.records import runs as run_records
@@ -269,8 +270,11 @@ class RunService:
             made.append(Frame(complete_item(stream.stream_id)[1]))
             return made
 
-        return self._follow(
-            stream.stream_id, after, wanted, lambda f: f.type == "stream:complete", settled
+        return self._named(
+            stream.env_id,
+            self._follow(
+                stream.stream_id, after, wanted, lambda f: f.type == "stream:complete", settled
+            ),
         )
 
     def follow_run(self, run: Run, after: int = 0) -> AsyncIterator[Frame]:
@@ -314,7 +318,27 @@ class RunService:
             async for frame in self._follow(run.stream_id, after, wanted, last, settled):
                 yield frame
 
-        return frames()
+        return self._named(run.env_id, frames())
+
+    async def _named(self, env_id: str, frames: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
+        """``frames`` with each run snapshot's ``project_name`` filled in (workers write the
+        snapshots without it), as `get` answers it. One lookup per project per subscriber."""
+        names: dict[str, str | None] = {}
+        try:
+            async for frame in frames:
+                run = frame.data.get("run")
+                if isinstance(run, dict) and not run.get("project_name") and run.get("project_id"):
+                    project_id = str(run["project_id"])
+                    if project_id not in names:
+                        async with self._db.read() as conn:
+                            row = await project_records.get_project(conn, env_id, project_id)
+                        names[project_id] = row["name"] if row is not None else None
+                    if names[project_id] is not None:  # shared data: copied, never changed
+                        run = {**run, "project_name": names[project_id]}
+                        frame = Frame({**frame.data, "run": run}, frame.id)
+                yield frame
+        finally:
+            await frames.aclose()  # type: ignore[attr-defined]
 
     def _settled(self, runs: Iterable[Run]) -> bool:
         """Every run terminal, the last of them for ``settle_seconds`` at least (by then its

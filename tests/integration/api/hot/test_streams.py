@@ -407,6 +407,9 @@ async def test_a_run_subscription_shows_that_run_until_it_is_terminal(live: Live
     assert received.frames[3].data["payload"] == {"text": "mine"}
     assert received.frames[-1].data["run"]["status"] == "succeeded"
     assert received.frames[-1].data["run"]["result"] == {"$ok": 2}
+    # every snapshot names its project, as GET /v1/runs/{id} does
+    named = {f.data["run"]["project_name"] for f in received.frames if "run" in f.data}
+    assert named == {runs[0]["project_name"]} and None not in named
     # a finished run: its snapshot, and the end
     again = await read_sse(live.http, "GET", f"/v1/runs/{mine}/subscribe")
     assert again.types == ["run:update"]
