@@ -92,6 +92,13 @@ class Frame:
         return str(self.data.get("type", "message"))
 
 
+PROJECT_DELETED = {
+    "type": "Cancelled",
+    "message": "the run was cancelled: its project was deleted",
+    "traceback": None,
+}
+
+
 class RunService:
     """Publish events; read events, runs and run vars; cancel runs; follow streams."""
 
@@ -241,6 +248,21 @@ class RunService:
                 items = await self._streams.append_in(conn, entries)
             await self._streams.announce(items)
         return after
+
+    async def end_project(self, env_id: str, project_id: str) -> list[Run]:
+        """Before a project is deleted: cancel its unfinished runs, stop their code, and end
+        their streams (a subscriber, the SDK's ``call_hot`` say, hears ``run:cancel`` at once
+        instead of waiting on a run that vanished). The runs cancelled."""
+        async with self._db.write() as conn:
+            ended = await self._queue.end_project(conn, env_id, project_id, PROJECT_DELETED)
+            if not ended:
+                return []
+            entries = [e for run in ended for e in finished_entries(run)]
+            entries += await stream_ends(conn, ended)
+            items = await self._streams.append_in(conn, entries)
+        self._queue.stop_running([r.run_id for r in ended if r.started_at is not None])
+        await self._streams.announce(items)
+        return ended
 
     # -- following streams ---------------------------------------------------------------
 

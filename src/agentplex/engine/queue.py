@@ -250,6 +250,28 @@ class RunQueue:
             self._cancel_requested(run_id)
         return run_from_row(row)
 
+    async def end_project(
+        self, conn: Any, env_id: str, project_id: str, error: Mapping[str, Any]
+    ) -> list[Run]:
+        """In the caller's write transaction: cancel every queued or running run of the
+        project at once, with ``error`` (its project is being deleted; no worker could write
+        their end once their rows are gone). Workers running them are told to stop (call
+        `stop_running` with the running ones after the commit, for this process's). The runs
+        afterwards, the running ones first."""
+        result = {"$err": {"type": error.get("type"), "message": error.get("message")}}
+        ended = await records.end_unfinished_of_project(
+            conn, env_id, project_id, self.clock(), error, result
+        )
+        running = [run_from_row(row) for row, status in ended if status == "running"]
+        for run in running:
+            await records.notify(conn, _CANCEL_PREFIX + run.run_id)
+        return running + [run_from_row(row) for row, status in ended if status != "running"]
+
+    def stop_running(self, run_ids: list[str]) -> None:
+        """Tell this process's workers to stop these runs' code now."""
+        for run_id in run_ids:
+            self._cancel_requested(run_id)
+
     async def sweep(self, now: datetime | None = None) -> list[tuple[str, str]]:
         """Take back runs whose lease expired before ``now``: queued again at once, or failed
         when out of attempts (cancelled when cancel was asked). (run_id, new status) of each."""

@@ -17,6 +17,8 @@ from agentplex.core.builds import BuildService
 from agentplex.core.clock import utcnow
 from agentplex.core.events import MAX_CHAIN_DEPTH, TERMINAL
 from agentplex.core.manifest import FunctionRef
+from agentplex.core.projects import ProjectService
+from agentplex.core.runs import RunService
 from agentplex.core.streams import StreamItem, StreamStore
 from agentplex.db.engine import Database
 from agentplex.db.records import run_vars as var_records
@@ -652,3 +654,38 @@ async def test_many_runs_each_end_exactly_once(
         ends[(items.count("run:stop"), items.count("stream:complete"))] += 1
     assert ends == Counter({(1, 1): 300})
     print(f"300 runs in {elapsed:.2f} s ({300 / elapsed:.0f}/s)")
+
+
+async def test_deleting_a_project_ends_its_runs_and_their_streams_at_once(
+    engine: Engine,
+    executor: MemoryExecutor,
+    builds: BuildService,
+    db: Database,
+    env_id: str,
+    project_id: str,
+) -> None:
+    """A run whose project is deleted under it is cancelled, its code stopped, and its
+    stream says so (the SDK's call_hot waited ~20 s on a run that had vanished)."""
+
+    async def slow(ctx: Context, args: Any) -> None:
+        await asyncio.sleep(60)
+
+    await deploy(builds, env_id, "hello", {"handlers": [{"event": "e", "function": SIGNUP}]})
+    executor.functions[SIGNUP] = slow
+    await engine.worker(workers=1)
+    running = await engine.publish(env_id, "e", {})
+    await asyncio.wait_for(executor.started_event(running.runs[0].run_id).wait(), 10)
+    queued = await engine.publish(env_id, "e", {})  # behind it: the one slot is taken
+    service = RunService(db, engine.queue, engine.streams)
+
+    ended = await service.end_project(env_id, project_id)
+    assert {r.run_id for r in ended} == {running.runs[0].run_id, queued.runs[0].run_id}
+    await ProjectService(db).delete(env_id, project_id)
+    for published in (running, queued):
+        items = await engine.wait_items(published.event.stream_id, completed, timeout=3)
+        cancel = next(i.data for i in items if i.data["type"] == "run:cancel")
+        assert cancel["run"]["error"]["message"] == "the run was cancelled: its project was deleted"
+    await wait_for(
+        lambda: _true(executor.cancelled == [running.runs[0].run_id]), what="the code stopped"
+    )
+    assert await service.end_project(env_id, project_id) == []

@@ -134,7 +134,10 @@ async def update_project(call: Call) -> dict[str, Any]:
 
 @routes.delete(_PROJECT, summary="Delete a project and what it holds (Hot)", status=204)
 async def delete_project(call: Call) -> Response:
-    await _projects(call).delete(call.principal.env_id, _ref(call))
+    env_id = call.principal.env_id
+    project = await _projects(call).get(env_id, _ref(call))
+    await call.services.runs.end_project(env_id, project.project_id)
+    await _projects(call).delete(env_id, project.project_id)
     return Response(status_code=204)
 
 

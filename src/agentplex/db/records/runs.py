@@ -310,3 +310,40 @@ async def insert_once(conn: AsyncConnection, row: Mapping[str, Any]) -> bool:
     query = dialect.insert(runs).values(**row).on_conflict_do_nothing().returning(runs.c.run_id)
     # (rowcount is -1 after an INSERT on psycopg: what comes back says whether it wrote)
     return (await conn.execute(query)).first() is not None
+
+
+async def end_unfinished_of_project(
+    conn: AsyncConnection,
+    env_id: str,
+    project_id: str,
+    now: datetime,
+    error: Mapping[str, Any],
+    result: Any,
+) -> list[tuple[Row, str]]:
+    """Cancel every queued or running run of the project at once (it is being deleted): each
+    run afterwards, with the status it had."""
+    unfinished = [
+        runs.c.env_id == env_id,
+        runs.c.project_id == project_id,
+        runs.c.status.in_(("queued", "running")),
+    ]
+    before = {
+        str(r.run_id): str(r.status)
+        for r in await conn.execute(select(runs.c.run_id, runs.c.status).where(*unfinished))
+    }
+    if not before:
+        return []
+    await conn.execute(
+        update(runs)
+        .where(*unfinished, runs.c.run_id.in_(list(before)))
+        .values(
+            status="cancelled",
+            stopped_at=now,
+            error=dict(error),
+            result=result,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    )
+    rows = await conn.execute(select(runs).where(runs.c.run_id.in_(list(before))))
+    return [(dict(r._mapping), before[str(r.run_id)]) for r in rows]
