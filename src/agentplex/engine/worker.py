@@ -345,16 +345,23 @@ class _Finish(_Op):
                 if row is None:
                     return None
                 attempt = int(row["attempt"])
-                if attempt < int(row["max_attempts"]) and not row["cancel_requested"]:
-                    if self.backoff is not None:
-                        when = now + timedelta(seconds=self.backoff(attempt))
-                        due = when
-                    else:  # taken back, not failed: due at once, ahead of later runs
-                        when, due = now, run.available_at
+                if self.backoff is None and not row["cancel_requested"]:
+                    # handed back by a worker shutting down, not failed: due at once, ahead
+                    # of later runs, and the attempt is given back (a run must not run out of
+                    # attempts because workers were restarted under it)
                     values = {
                         "status": "queued",
                         "error": error,
-                        "available_at": due,
+                        "available_at": run.available_at,
+                        "attempt": max(attempt - 1, 0),
+                        "heartbeat_at": None,
+                    }
+                elif attempt < int(row["max_attempts"]) and not row["cancel_requested"]:
+                    when = now + timedelta(seconds=self.backoff(attempt)) if self.backoff else now
+                    values = {
+                        "status": "queued",
+                        "error": error,
+                        "available_at": when,
                         "next_retry_at": when,
                         "retry_attempt": attempt,
                         "heartbeat_at": None,
@@ -746,8 +753,13 @@ class Worker:
         self, run: Run, error: Mapping[str, Any], *, retryable: bool, backoff: bool = True
     ) -> _Finish:
         # every failure retries while attempts are left (a code error, a timeout, a broken
-        # sandbox alike: max_attempts bounds them all), except where nothing can execute it
-        retry = retryable or error.get("type") != UNAVAILABLE
+        # sandbox alike: max_attempts bounds them all), except where nothing can execute it;
+        # a call's caller is waiting on it: its code's errors are final at once (the same
+        # arguments would fail the same way), only a broken environment is tried again
+        if run.run_type == "call":
+            retry = retryable
+        else:
+            retry = retryable or error.get("type") != UNAVAILABLE
         return _Finish(
             run,
             "failed",

@@ -23,7 +23,7 @@ from agentplex.bus.memory import MemoryBus
 from agentplex.core.blobs import LocalBlobStore
 from agentplex.core.builds import BuildService
 from agentplex.core.clock import utcnow
-from agentplex.core.events import Published, enqueue, new_run_row, publish
+from agentplex.core.events import Published, RunType, enqueue, new_run_row, publish
 from agentplex.core.manifest import FunctionRef, Manifest
 from agentplex.core.ports import RunExecutor, RunJob, RunOutcome, RunOutput
 from agentplex.core.projects import ProjectService
@@ -68,8 +68,10 @@ async def queue_runs(
     function: FunctionRef = FN,
     build_id: str | None = None,
     timeout_seconds: float | None = None,
+    run_type: RunType = "event",
 ) -> list[str]:
-    """``n`` queued runs, due one millisecond apart (in that order)."""
+    """``n`` queued runs (``event`` runs unless told: a ``call``'s code errors are not
+    retried), due one millisecond apart (in that order)."""
     start = start or utcnow() - timedelta(seconds=10)
     ids = []
     async with db.write() as conn:
@@ -78,7 +80,7 @@ async def queue_runs(
                 env_id,
                 project_id=project_id,
                 build_id=build_id,
-                run_type="call",
+                run_type=run_type,
                 function=function,
                 input={"fn": function.target, "args": [i]},
                 max_attempts=max_attempts,

@@ -576,6 +576,7 @@ async def test_stopping_queues_unfinished_runs_again(
     row = await run_row(db, run_id)
     assert row["status"] == "queued" and row["error"]["type"] == "WorkerStopped"
     assert row["lease_owner"] is None
+    assert (row["attempt"], row["retry_attempt"]) == (0, 0)  # the attempt is given back
     await engine.worker()
     await wait_for(lambda: finished(db, run_id), what="the run on another worker")
     assert (await run_row(db, run_id))["result"] == {"$ok": "finished elsewhere"}
@@ -689,3 +690,24 @@ async def test_deleting_a_project_ends_its_runs_and_their_streams_at_once(
         lambda: _true(executor.cancelled == [running.runs[0].run_id]), what="the code stopped"
     )
     assert await service.end_project(env_id, project_id) == []
+
+
+async def test_a_calls_code_error_is_final_at_once(
+    engine: Engine, executor: MemoryExecutor, db: Database, env_id: str, project_id: str
+) -> None:
+    """The caller of hot:call waits on it: the same arguments would fail the same way, so a
+    code error is not retried (an event's run is, see above)."""
+    calls: Counter[str] = Counter()
+
+    def broken(ctx: Context, args: Any) -> None:
+        calls[ctx.job.run_id] += 1
+        raise TypeError("add() takes 2 positional arguments but 3 were given")
+
+    executor.functions["hello.tasks:run"] = broken
+    (run_id,) = await queue_runs(db, env_id, project_id, 1, max_attempts=3, run_type="call")
+    await engine.worker(backoff_base_seconds=0.05)
+    await wait_for(lambda: finished(db, run_id), what="the call to fail")
+    await asyncio.sleep(0.3)
+    row = await run_row(db, run_id)
+    assert row["status"] == "failed" and calls[run_id] == 1 and row["attempt"] == 1
+    assert row["result"]["$err"]["type"] == "TypeError"
