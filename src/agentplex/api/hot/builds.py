@@ -22,6 +22,7 @@ _PROJECT = "/v1/projects/{project_id_or_slug}"
 _BUILD = _PROJECT + "/builds/{build_id}"
 _MAX_LIMIT = 1000
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
 
 
 class Page(BaseModel):
@@ -111,6 +112,10 @@ async def upload(call: Call) -> Response:
             raise BadRequest("Field hash is missing: send the zip's SHA-256 in hex.")
         if build_id is not None and not isinstance(build_id, str):
             raise BadRequest("Field build_id must be a UUID string.")
+        if live is not None and (
+            not isinstance(live, str) or live.strip().lower() not in _TRUE | _FALSE
+        ):
+            raise BadRequest(f"Field live must be true or false, not {str(live)[:40]!r}.")
         data = await file.read()
     result = await _builds(call).upload(
         call.principal.env_id,

@@ -135,6 +135,12 @@ async def test_hash_mismatch_and_bad_fields(hot: httpx.AsyncClient) -> None:
     assert as_json.status_code == 400 and "multipart" in as_json.json()["error"]["message"]
     unknown = await upload(hot, data, project="nope")
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    maybe = await hot.post(
+        "/v1/projects/hello/builds",
+        data={"hash": sha(data), "live": "maybe"},
+        files={"file": ("build.zip", data, "application/zip")},
+    )
+    assert maybe.status_code == 400 and "live must be true or false" in maybe.text
 
 
 def _zip_with(info: zipfile.ZipInfo, content: bytes = b"x") -> bytes:
