@@ -428,7 +428,9 @@ async def test_output_beyond_the_capture_limit_keeps_the_result(
 async def test_pool_limits_eviction_idle_expiry_and_forget(
     manager: SandboxManager, archives: Archives
 ) -> None:
-    config = ExecutorConfig(warm_per_build=1, max_warm_sandboxes=2, warm_idle_seconds=60)
+    config = ExecutorConfig(
+        warm_per_build=1, max_warm_sandboxes=2, warm_idle_seconds=60, burst_idle_seconds=60
+    )
     ex = SandboxRunExecutor(manager, config, archives)
     ignore: Callable[[RunOutput], None] = lambda _: None  # noqa: E731
     try:
@@ -439,12 +441,15 @@ async def test_pool_limits_eviction_idle_expiry_and_forget(
         start = time.monotonic()
         results = await asyncio.gather(*sleepers)
         assert [r.result for r in results] == ["woke"] * 3
-        assert time.monotonic() - start >= 0.9  # one sandbox per build: one run at a time
-        assert ex.status()["warm_sandboxes"] == 1
+        # a burst goes beyond warm_per_build, up to max_warm_sandboxes: two at a time
+        assert time.monotonic() - start >= 0.6
+        assert ex.status()["builds"] == {"b1": 2}
+        # the least recently used idle sandbox makes room for another build's
         await ex.execute(job("app.handlers:add", data=[1, 2], build="b2"), ignore)
+        assert ex.status()["builds"] == {"b1": 1, "b2": 1}
         await ex.execute(job("app.handlers:add", data=[1, 2], build="b1", project="p9"), ignore)
         status = ex.status()
-        assert status["warm_sandboxes"] == 2 and status["started"] == 3
+        assert status["warm_sandboxes"] == 2 and status["started"] == 4
         await ex.forget_build("b2")
         await asyncio.sleep(0.2)
         assert "b2" not in ex.status()["builds"]

@@ -8,9 +8,13 @@ build, project or environment. Each run is one kernel execution over a WebSocket
 execution's environment variables only. Structured outputs (``sdk.emit``, ``capture``,
 ``publish``, the result) come back as nonce-marked control lines on stdout (see the runtime).
 
-Limits: ``warm_per_build`` sandboxes per build run at once (more runs of the build wait for
-one), ``max_warm_sandboxes`` in all (the least recently used idle one is stopped to make room),
-and a sandbox idle for ``warm_idle_seconds`` is stopped. A build whose archive has a
+Limits: ``max_warm_sandboxes`` in all (the least recently used idle one is stopped to make
+room; when all are busy, runs wait for one). A build whose runs find none of its sandboxes
+free gets another, even beyond ``warm_per_build`` (so a busy build does not hold up the
+others' runs in the worker's slots); once idle, a build keeps ``warm_per_build`` of them, the
+extras stop after ``burst_idle_seconds``, and any sandbox idle for ``warm_idle_seconds`` is
+stopped. A run that leaves threads or processes running gets its sandbox replaced, so that
+no later run inherits them. A build whose archive has a
 ``requirements.txt`` gets its packages installed once, into a template layer keyed by the
 archive's SHA-256, which its sandboxes then see read-only.
 
@@ -25,7 +29,9 @@ import hashlib
 import io
 import json
 import logging
+import os
 import secrets
+import sys
 import time
 import uuid
 import zipfile
@@ -35,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from agentplex.core.manifest import Manifest, from_declarations
+from agentplex.core.manifest import MANIFEST_NAME, Manifest, from_declarations, parse_manifest
 from agentplex.core.ports import (
     DataPlaneSocket,
     RunExecutor,
@@ -57,10 +63,28 @@ APP_ZIP = "/workspace/.app.zip"
 LAYER_MARKER = "/run/template/.agentplex-ready"
 MARK = "\x1eapx:"  # agentplex.sdk._runtime.MARK (not imported: the runtime is sandbox code)
 _RUNTIME = "__import__('agentplex.sdk._runtime', fromlist=['_'])"
+# after a cancel: whether the run left threads or processes running (see _runtime.run)
+_LEFT = (
+    "import sys as _s\n"
+    "if (getattr(_s.modules.get('agentplex.sdk._runtime'), '_STATE', None) or {}).get('left'):"
+    " print('left')"
+)
 STOP_BUDGET = 0.6  # after an interrupt, how long the kernel may take to come free
 INTERRUPT_GRACE = 2.0  # agentd's own (kernel.INTERRUPT_GRACE): a timeout's kill comes after it
 MAX_PARTIAL = 16 * 1024  # a line longer than this is streamed without waiting for its end
 _AGENT_NOTES = ("\nExecution timed out after ", "\nThe Python kernel ")
+# A standard PATH for run sandboxes (not the server's): the requirements layer's programs,
+# the sandbox interpreter's, then the system's.
+SANDBOX_PATH = ":".join(
+    [
+        "/run/template/bin",
+        "/run/template/python/bin",
+        os.path.dirname(sys.executable),
+        "/usr/local/bin",
+        "/usr/bin",
+        "/bin",
+    ]
+)
 
 
 class SandboxBroken(Exception):
@@ -75,6 +99,7 @@ class ExecutorConfig:
     max_warm_sandboxes: int = 16
     warm_idle_seconds: float = 600.0
     internet_access: bool = False
+    burst_idle_seconds: float = 30.0  # how long a sandbox beyond warm_per_build may idle
 
     @classmethod
     def of(cls, settings: Any) -> ExecutorConfig:
@@ -91,6 +116,9 @@ class ExecutorConfig:
                 getattr(settings, "warm_idle_seconds", default.warm_idle_seconds)
             ),
             internet_access=bool(getattr(settings, "internet_access", default.internet_access)),
+            burst_idle_seconds=float(
+                getattr(settings, "burst_idle_seconds", default.burst_idle_seconds)
+            ),
         )
 
 
@@ -322,7 +350,11 @@ class SandboxRunExecutor(RunExecutor):
                     asyncio.timeout(self.discover_timeout + INTERRUPT_GRACE + 5.0),
                     self.backend.websocket(sandbox_id, "/execute/stream") as ws,
                 ):
-                    spec = {"nonce": secrets.token_hex(8), "build": _build_spec(digest)}
+                    spec = {
+                        "nonce": secrets.token_hex(8),
+                        "build": _build_spec(digest),
+                        "check": _declared(archive),
+                    }
                     done = await self._execute(
                         ws, "discover", spec, env={}, timeout=self.discover_timeout
                     )
@@ -333,15 +365,25 @@ class SandboxRunExecutor(RunExecutor):
             finally:
                 await self._delete(sandbox_id)
         msg = done.result
-        if msg is None:
-            why = (
-                f"it ran longer than {self.discover_timeout:g}s"
-                if done.timed_out
-                else (done.error or " ".join(done.notes) or "no answer from the sandbox")
+        error = (msg or {}).get("error") or {}
+        if done.timed_out or error.get("type") == "KeyboardInterrupt":
+            raise BadRequest(
+                f"The build's code cannot be imported: importing the build's code took longer "
+                f"than {self.discover_timeout:g} s (does a module wait for something, or run "
+                "its work, at import? Put that in a function)"
             )
+        if msg is None:
+            why = done.error or " ".join(done.notes) or "no answer from the sandbox"
             raise BadRequest(f"Reading the build's entry points failed: {why}")
         if not msg.get("ok"):
-            raise _import_error(msg.get("error") or {})
+            raise _import_error(error)
+        missing = [str(m) for m in msg.get("missing") or ()]
+        if missing:
+            raise BadRequest(
+                f"{MANIFEST_NAME} names functions the build's code does not define: "
+                + "; ".join(missing),
+                details=missing,
+            )
         return from_declarations(msg.get("entries") or [])
 
     async def prewarm(
@@ -442,6 +484,12 @@ class SandboxRunExecutor(RunExecutor):
             return _failed(
                 "SandboxError", f"the sandbox running the handler stopped: {exc}", retryable=True
             )
+        left = (done.result or {}).get("leftovers")
+        if left:  # what it left running must not reach the next run: a fresh sandbox
+            log.info("run %s left %s running: its sandbox is replaced", job.run_id, left)
+            slot.retire = True
+        elif done.kernel_died or (done.timed_out and done.result is None):
+            slot.retire = True  # the processes of a killed kernel may live on
         return _outcome(done, job.timeout_seconds)
 
     async def _execute(
@@ -508,9 +556,13 @@ class SandboxRunExecutor(RunExecutor):
             async with asyncio.timeout(max(STOP_BUDGET - (time.monotonic() - start), 0.05)):
                 await self._connect(slot)
                 assert slot.ws is not None
-                await slot.ws.send('{"type": "execute", "code": "pass"}')
-                while orjson.loads(await slot.ws.recv()).get("type") != "complete":
-                    pass
+                await slot.ws.send(orjson.dumps({"type": "execute", "code": _LEFT}).decode())
+                said = ""
+                while (frame := orjson.loads(await slot.ws.recv())).get("type") != "complete":
+                    if frame.get("type") == "stdout":
+                        said += str(frame.get("data", ""))
+                if "left" in said:  # the cancelled run left threads or processes running
+                    slot.retire = True
         except (TimeoutError, Exception):
             log.info("sandbox %s did not stop its run in time: replaced", slot.sandbox_id)
             slot.retire = True
@@ -539,8 +591,9 @@ class SandboxRunExecutor(RunExecutor):
                 slot.busy = True
                 return slot
             else:
-                cap = self.config.warm_per_build or self.config.max_warm_sandboxes
-                if len(slots) < cap and self._make_room():
+                # Beyond warm_per_build while runs of the build wait for one (a burst): the
+                # extras stop once idle (see _reap), other builds' idle ones make room.
+                if self._make_room():
                     slot = _Warm("apx-run-" + uuid.uuid4().hex[:20], key, digest)
                     slots.append(slot)
                     try:
@@ -620,14 +673,21 @@ class SandboxRunExecutor(RunExecutor):
                         self._discard(slot)
 
     async def _reap(self) -> None:
-        """Stop sandboxes idle longer than warm_idle_seconds."""
+        """Stop sandboxes idle longer than warm_idle_seconds, and those a build has beyond
+        warm_per_build (after a burst) idle longer than burst_idle_seconds."""
         idle_for = self.config.warm_idle_seconds
+        extra_for = min(self.config.burst_idle_seconds, idle_for)
         while not self._closed:
-            await asyncio.sleep(min(max(idle_for / 4, 0.05), 30.0))
+            await asyncio.sleep(min(max(extra_for / 4, 0.05), 30.0))
             now = time.monotonic()
             for slots in list(self._slots.values()):
-                for slot in list(slots):
-                    if not slot.busy and now - slot.last_used >= idle_for:
+                extra = len(slots) - self.config.warm_per_build
+                for slot in sorted(slots, key=lambda s: s.last_used):
+                    if slot.busy:
+                        continue
+                    idle = now - slot.last_used
+                    if idle >= idle_for or (extra > 0 and idle >= extra_for):
+                        extra -= 1
                         self._discard(slot)
 
     # -- starting a sandbox ----------------------------------------------------------------------
@@ -675,7 +735,10 @@ class SandboxRunExecutor(RunExecutor):
 
     async def _create(self, sandbox_id: str, template: Template) -> None:
         await self.backend.create(
-            sandbox_id, template, env_vars={}, internet_access=self.config.internet_access
+            sandbox_id,
+            template,
+            env_vars={"PATH": SANDBOX_PATH},
+            internet_access=self.config.internet_access,
         )
 
     async def _connect(self, slot: _Warm) -> None:
@@ -839,6 +902,21 @@ def _build_spec(build_id: str, *, layer: bool = False) -> dict[str, Any]:
     if layer:
         spec["marker"] = LAYER_MARKER
     return spec
+
+
+def _declared(archive: bytes) -> list[str]:
+    """The functions (``module.path:fn``) the archive's agentplex.json names, if it has a
+    valid one (an invalid one is the upload's to report)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+            raw = zf.read(MANIFEST_NAME)
+            manifest = parse_manifest(raw, zf.namelist())
+    except (KeyError, zipfile.BadZipFile, ValueError, OSError, BadRequest):
+        return []
+    targets = [h.function.target for h in manifest.handlers]
+    targets += [s.function.target for s in manifest.schedules]
+    targets += [f.target for f in manifest.functions]
+    return list(dict.fromkeys(targets))
 
 
 def _tail(text: str, lines: int) -> str:

@@ -28,6 +28,7 @@ own tests) `emit` prints its value and `capture` / `publish` do nothing.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+MAX_TIMEOUT = 86_400.0  # seconds: the longest a run of one entry point may take
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,22 @@ def _check_function(fn: Any, decorator: str) -> None:
         )
 
 
+def _timeout(timeout: Any, decorator: str) -> float | None:
+    """``timeout`` if it is None or a number of seconds in (0, 86400]; otherwise a TypeError
+    or ValueError saying what to write."""
+    if timeout is None:
+        return None
+    hint = f"write @{decorator}(..., timeout=30) for 30 seconds, or leave timeout out"
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"@{decorator}'s timeout is a number of seconds, not {timeout!r}: {hint}")
+    if not math.isfinite(timeout) or timeout <= 0 or timeout > MAX_TIMEOUT:
+        raise ValueError(
+            f"@{decorator}'s timeout must be a number of seconds above 0 and at most "
+            f"{MAX_TIMEOUT:g}, not {timeout!r}: {hint}"
+        )
+    return float(timeout)
+
+
 def on_event(event_type: str, *, timeout: float | None = None) -> Callable[[F], F]:
     """Run the decorated function for each event of type ``event_type`` (e.g. "user.signup").
 
@@ -117,6 +135,7 @@ def on_event(event_type: str, *, timeout: float | None = None) -> Callable[[F], 
     if not isinstance(event_type, str) or not event_type:
         hint = ' (write @on_event("user.signup"))' if callable(event_type) else ""
         raise TypeError(f"on_event needs an event type string, not {event_type!r}{hint}")
+    timeout = _timeout(timeout, "on_event")
 
     def decorate(fn: F) -> F:
         _check_function(fn, "on_event")
@@ -139,6 +158,7 @@ def schedule(cron: str, tz: str = "UTC", *, timeout: float | None = None) -> Cal
     if not isinstance(tz, str) or not tz:
         raise TypeError(f"schedule's tz must be a time zone name such as 'UTC', not {tz!r}")
     cron = " ".join(cron.split())
+    timeout = _timeout(timeout, "schedule")
 
     def decorate(fn: F) -> F:
         _check_function(fn, "schedule")
@@ -161,6 +181,7 @@ def function(fn: Any = None, /, *, timeout: float | None = None) -> Any:
     ``module:fn``): with a list of arguments it is called ``fn(*args)``, with an object
     ``fn(**kwargs)``. Use it bare (``@function``) or with parentheses (``@function()``,
     ``@function(timeout=30)``; ``timeout`` as `on_event`'s)."""
+    timeout = _timeout(timeout, "function")
 
     def decorate(f: F) -> F:
         _check_function(f, "function")

@@ -21,8 +21,11 @@ them out of the stream (a line may begin with the user's partial output), the re
 Messages: ``{"k": "data", "value", "data_type"}``, ``{"k": "var", "name", "value", "meta"}``,
 ``{"k": "publish", "event_type", "event_data"}``, then exactly one of ``{"k": "result", "ok":
 true, "value"}`` / ``{"k": "result", "ok": false, "error": {"type", "message", "traceback"}}``
-(run), ``{"k": "ready", "ok", "modules", "error"}`` (prepare) or ``{"k": "registry", "ok",
-"entries", "modules", "error"}`` (discover).
+(run; with ``"leftovers"`` when the handler left threads or processes running, for which the
+executor replaces the sandbox), ``{"k": "ready", "ok", "modules", "error"}`` (prepare) or
+``{"k": "registry", "ok", "entries", "modules", "missing", "error"}`` (discover; ``missing``:
+the functions of the spec's ``check``, the manifest's, that the code does not define).
+What the build prints while prepare or discover imports it is dropped.
 
 Standard library only: this module imports in the sandbox without anything of the server's.
 """
@@ -37,6 +40,7 @@ import json
 import linecache
 import os
 import sys
+import threading
 import traceback
 import zipfile
 from collections.abc import Callable
@@ -46,12 +50,22 @@ from agentplex import sdk
 
 MARK = "\x1eapx:"
 MAX_TRACEBACK = 20_000
+MAX_RESULT = 8 * 1024 * 1024 - 4096  # a result line must fit in what agentd keeps of one run
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
 # Directories and top-level files of a build that are not imported: tests, environments, tools.
 SKIP_DIRS = frozenset({"tests", "test", "venv", "site-packages", "node_modules", "__pycache__"})
 SKIP_FILES = frozenset({"setup.py", "conftest.py", "noxfile.py", "manage.py"})
 
 _OUT = sys.stdout  # the kernel's stdout, even if the code replaces sys.stdout later
-_STATE: dict[str, Any] = {"build": None, "modules": [], "error": None}
+# "left": what the last run left running (`_leftovers`), for the executor after a cancel
+_STATE: dict[str, Any] = {"build": None, "modules": [], "error": None, "left": None}
 _LAST: dict[str, str] = {}  # the last run's nonce -> its result line (see `outcome`)
 _PARAMS: dict[Any, bool] = {}  # function -> whether it takes a positional parameter
 
@@ -151,17 +165,58 @@ def _prepare(build: dict[str, Any]) -> dict[str, Any] | None:
 def prepare(spec: str) -> None:
     """Cell entry: make the build ready; a ``ready`` control line."""
     req = json.loads(spec)
-    error = _prepare(req["build"])
+    with contextlib.redirect_stdout(_Sink()), contextlib.redirect_stderr(_Sink()):
+        error = _prepare(req["build"])
     _send(
         req["nonce"],
         {"k": "ready", "ok": error is None, "modules": _STATE["modules"], "error": error},
     )
 
 
+class _Sink:
+    """Where the build's own prints go while it is imported (prepare, discover): kept up to a
+    bound (what it printed last), so that a build printing megabytes cannot crowd out the
+    answer."""
+
+    KEEP = 20_000
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text = (self.text + text)[-self.KEEP :]
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _missing(targets: list[str]) -> list[str]:
+    """Which of the functions ``module.path:fn`` the manifest names the build lacks."""
+    missing = []
+    for target in targets:
+        module_name, _, name = target.rpartition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            missing.append(f"module {module_name} cannot be imported ({type(exc).__name__})")
+            continue
+        if not callable(getattr(module, name, None)):
+            missing.append(f"module {module_name} has no function {name}")
+    return missing
+
+
 def discover(spec: str) -> None:
-    """Cell entry: import the build and report the entry points its code declares."""
+    """Cell entry: import the build and report the entry points its code declares, and
+    (``missing``) which of the functions in ``check`` (the manifest's) it does not define."""
     req = json.loads(spec)
-    error = _prepare(req["build"])
+    sink = _Sink()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        error = _prepare(req["build"])
+        missing = _missing(list(req.get("check") or ())) if error is None else []
     root = os.path.realpath(req["build"]["dir"])
     entries = []
     for entry in sdk.registry():
@@ -180,7 +235,9 @@ def discover(spec: str) -> None:
             "ok": error is None,
             "entries": entries,
             "modules": _STATE["modules"],
+            "missing": missing,
             "error": error,
+            "output": sink.text[-2000:],
         },
     )
 
@@ -262,10 +319,35 @@ def _forget_cells() -> None:
         names.clear()
 
 
+def _processes() -> int:
+    """How many processes the sandbox has (its own pid namespace: a few, cheap to count)."""
+    try:
+        return sum(name.isdigit() for name in os.listdir("/proc"))
+    except OSError:
+        return 0
+
+
+def _leftovers(threads: frozenset[int], processes: int) -> str | None:
+    """What the run left running: threads it started that are alive, processes more than
+    before it (children that still run, or were never waited for); None if nothing."""
+    stray = [t.name for t in threading.enumerate() if t.ident not in threads and t.is_alive()]
+    extra = _processes() - processes
+    found = []
+    if stray:
+        found.append(f"{len(stray)} thread(s) ({', '.join(stray[:5])})")
+    if extra > 0:
+        found.append(f"{extra} process(es)")
+    return "; ".join(found) or None
+
+
 def run(spec: str) -> None:
-    """Cell entry: run one handler; its outputs and result as control lines."""
+    """Cell entry: run one handler; its outputs and result as control lines. A result says
+    ``leftovers`` when the handler left threads or processes running (the executor then
+    replaces the sandbox)."""
     req = json.loads(spec)
     nonce = req["nonce"]
+    threads = frozenset(t.ident for t in threading.enumerate() if t.ident is not None)
+    processes = _processes()
     _forget_cells()
     error = _prepare(req["build"])
     if error is not None:
@@ -275,8 +357,11 @@ def run(spec: str) -> None:
         if os.getcwd() != req["build"]["dir"]:
             os.chdir(req["build"]["dir"])
 
+    live = True
+
     def channel(kind: str, payload: dict[str, Any]) -> None:
-        _send(nonce, {"k": kind, **payload})
+        if live:  # a thread the run left behind speaks to no run once it has ended
+            _send(nonce, {"k": kind, **payload})
 
     sdk._channel = channel
     sdk._current = {
@@ -293,6 +378,22 @@ def run(spec: str) -> None:
         message = {"k": "result", "ok": True, "value": value}
         try:
             line = json.dumps(message, allow_nan=False)
+            if len(line) > MAX_RESULT:  # ASCII: characters are bytes
+                raise _TooLarge(len(line))
+        except _TooLarge as exc:
+            message = {
+                "k": "result",
+                "ok": False,
+                "error": {
+                    "type": "ResultTooLarge",
+                    "message": (
+                        f"the handler's result is {exc.size} bytes as JSON, over the limit of "
+                        f"8 MiB ({MAX_RESULT} bytes at most): return less, or store it "
+                        "elsewhere and return where it is"
+                    ),
+                    "traceback": "",
+                },
+            }
         except (TypeError, ValueError, RecursionError) as exc:
             message = {
                 "k": "result",
@@ -308,6 +409,13 @@ def run(spec: str) -> None:
                 },
             }
         else:
+            live = False
+            sdk._channel = None
+            sdk._current = None
+            left = _STATE["left"] = _leftovers(threads, processes)
+            if left is not None:
+                message["leftovers"] = left
+                line = json.dumps(message, allow_nan=False)
             _result(nonce, message, line)
             return
     except KeyboardInterrupt as exc:  # the executor's interrupt: cancelled or timed out
@@ -316,8 +424,12 @@ def run(spec: str) -> None:
     except BaseException as exc:  # SystemExit included: a handler does not end the kernel
         message = {"k": "result", "ok": False, "error": _error(exc)}
     finally:
+        live = False
         sdk._channel = None
         sdk._current = None
+    left = _STATE["left"] = _leftovers(threads, processes)
+    if left is not None:
+        message["leftovers"] = left
     _result(nonce, message)
 
 
