@@ -372,7 +372,13 @@ def build_services(
         blobs=blobs,
         builds=builds,
         engine=engine,
-        runs=RunService(db, engine.queue, streams, max_attempts=settings.runs.max_attempts),
+        runs=RunService(
+            db,
+            engine.queue,
+            streams,
+            max_attempts=settings.runs.max_attempts,
+            executor=engine.executor,
+        ),
     )
 
 

@@ -384,7 +384,10 @@ class RunSettings(_Subsystem):
     )
     backoff_max_seconds: float = Field(300.0, ge=0, description="Longest wait before a retry.")
     warm_per_build: int = Field(
-        4, ge=0, description="Warm sandboxes kept per deployed build, its code imported."
+        4,
+        ge=0,
+        description="Warm sandboxes kept per deployed build, its code imported (more while its"
+        " runs overlap, up to max_warm_sandboxes; the extra ones stop after 30 s idle).",
     )
     max_warm_sandboxes: int = Field(
         16,

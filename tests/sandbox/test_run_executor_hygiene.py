@@ -260,6 +260,21 @@ async def test_forget_build_stops_idle_sandboxes_now_and_busy_ones_after_their_r
         await ex.close()
 
 
+async def test_forget_project_stops_its_builds_sandboxes_and_no_others(
+    manager: SandboxManager, archives: Archives
+) -> None:
+    ex = SandboxRunExecutor(manager, ExecutorConfig(warm_per_build=1), archives)
+    try:
+        mine = (await ex.execute(job("leaky.h:sandbox_id", build="leaky"), ignore)).result
+        other_job = job("leaky.h:sandbox_id", build="leaky", project="p2")
+        other = (await ex.execute(other_job, ignore)).result
+        await ex.forget_project("p1")
+        await asyncio.sleep(0.3)
+        assert mine not in manager.sandbox_ids() and other in manager.sandbox_ids()
+    finally:
+        await ex.close()
+
+
 # -- 4. discover checks the manifest -------------------------------------------------------------
 
 

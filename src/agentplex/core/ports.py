@@ -532,6 +532,9 @@ class RunExecutor(abc.ABC):
     async def forget_build(self, build_id: str) -> None:  # noqa: B027 - optional hook
         """Drop the build's warm environments (it is no longer deployed)."""
 
+    async def forget_project(self, project_id: str) -> None:  # noqa: B027 - optional hook
+        """Drop the warm environments of every build of the project (it is being deleted)."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Stop every warm environment."""
 

@@ -36,6 +36,7 @@ from agentplex.core.events import (
     run_snapshot,
     stream_ends,
 )
+from agentplex.core.ports import RunExecutor
 from agentplex.core.projects import as_uuid
 from agentplex.core.projects import resolve as resolve_project
 from agentplex.core.streams import StreamItem, StreamStore
@@ -111,8 +112,10 @@ class RunService:
         check_seconds: float = 2.0,
         settle_seconds: float = 2.0,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        executor: RunExecutor | None = None,
     ) -> None:
         self._db = db
+        self._executor = executor  # told when a project goes, to drop its warm sandboxes
         self._max_attempts = max_attempts  # of each run an event queues
         self._queue = queue
         self._streams = streams
@@ -253,6 +256,8 @@ class RunService:
         """Before a project is deleted: cancel its unfinished runs, stop their code, and end
         their streams (a subscriber, the SDK's ``call_hot`` say, hears ``run:cancel`` at once
         instead of waiting on a run that vanished). The runs cancelled."""
+        if self._executor is not None:
+            await self._executor.forget_project(project_id)
         async with self._db.write() as conn:
             ended = await self._queue.end_project(conn, env_id, project_id, PROJECT_DELETED)
             if not ended:

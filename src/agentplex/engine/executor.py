@@ -406,8 +406,15 @@ class SandboxRunExecutor(RunExecutor):
 
     async def forget_build(self, build_id: str) -> None:
         """Stop the build's warm sandboxes (busy ones once their run ends)."""
+        self._retire_where(lambda key: key[2] == build_id)
+
+    async def forget_project(self, project_id: str) -> None:
+        """Stop the warm sandboxes of the project's builds (busy ones once their run ends)."""
+        self._retire_where(lambda key: key[1] == project_id)
+
+    def _retire_where(self, which: Callable[[Any], bool]) -> None:
         for key, slots in list(self._slots.items()):
-            if key[2] != build_id:
+            if not which(key):
                 continue
             for slot in list(slots):
                 if slot.busy:
