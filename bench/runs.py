@@ -40,11 +40,8 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import platform
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -53,7 +50,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -61,6 +58,10 @@ import httpx
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results" / "runs.json"
+sys.path.insert(0, str(ROOT))  # bench._common
+
+from bench import _common as common  # noqa: E402
+
 KEY = "bench-runs-key"
 PG_URL = os.environ.get(
     "AGENTPLEX_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -106,12 +107,6 @@ def _project(root: Path, fanout: int) -> Path:
 
 # --------------------------------------------------------------------------------------------
 # processes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _base_env() -> dict[str, str]:
@@ -210,7 +205,7 @@ def _agentplex() -> str:
 
 
 def _serve(backend: Backend, workdir: Path, **env: str) -> tuple[Proc, str]:
-    port = _free_port()
+    port = common.free_port()
     command = [_agentplex(), "serve", "--port", str(port), "--data-dir", str(backend.data_dir)]
     server = Proc(f"serve-{backend.name}", command, backend.env(**env), workdir / "serve.log")
     server.start()
@@ -324,13 +319,6 @@ class CpuMeter:
 
 # --------------------------------------------------------------------------------------------
 # baseline: the database alone
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def baseline(backend: Backend, seconds: float) -> dict[str, float]:
@@ -471,9 +459,9 @@ def bench_dispatch(url: str, count: int) -> dict[str, Json]:
     return {
         "n": count,
         "server_p50_ms": round(statistics.median(server), 2),
-        "server_p95_ms": round(_pct(server, 0.95), 2),
+        "server_p95_ms": round(common.pct(server, 0.95), 2),
         "client_p50_ms": round(statistics.median(client), 2),
-        "client_p95_ms": round(_pct(client, 0.95), 2),
+        "client_p95_ms": round(common.pct(client, 0.95), 2),
     }
 
 
@@ -494,7 +482,7 @@ def bench_call(url: str, count: int) -> dict[str, Json]:
     return {
         "n": count,
         "p50_ms": round(statistics.median(samples), 2),
-        "p95_ms": round(_pct(samples, 0.95), 2),
+        "p95_ms": round(common.pct(samples, 0.95), 2),
     }
 
 
@@ -693,14 +681,9 @@ def run_backend(name: str, args: argparse.Namespace, only: set[str]) -> dict[str
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    found = {"python": platform.python_version()}
-    for dist in ("agentplex", "uvicorn", "starlette", "sqlalchemy", "psycopg", "hot-dev"):
-        try:
-            found[dist] = version(dist)
-        except Exception:
-            found[dist] = "not installed"
+    found = common.versions(
+        ("agentplex", "uvicorn", "starlette", "sqlalchemy", "psycopg", "hot-dev")
+    )
     with contextlib.suppress(Exception):
         import psycopg
 
@@ -709,10 +692,6 @@ def _versions() -> dict[str, str]:
             found["postgresql"] = str(row[0]) if row else "?"
     found["sqlite"] = sqlite3.sqlite_version
     return found
-
-
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def main() -> int:
@@ -811,30 +790,17 @@ def main() -> int:
                 )
             )
 
-    print()
-    for name, value, target, ok in figures:
-        print(f"{_verdict(ok) if target != '-' else 'info':<5} {name}: {value}  [target {target}]")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "command": " ".join(["python", "bench/runs.py", *sys.argv[1:]]),
-                "settings": args.env,
-                "cpus": os.cpu_count(),
-                "versions": _versions(),
-                "figures": [
-                    {"figure": n, "value": v, "target": t, "pass": ok} for n, v, t, ok in figures
-                ],
-                "details": report,
-            },
-            indent=2,
-        )
-        + "\n"
+    return common.report(
+        figures,
+        RESULTS,
+        script="bench/runs.py",
+        argv=sys.argv[1:],
+        details=report,
+        strict=args.strict,
+        settings=args.env,
+        cpus=os.cpu_count(),
+        versions=_versions(),
     )
-    print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
-    missed = [f for f in figures if f[2] != "-" and not f[3]]
-    return 1 if args.strict and missed else 0
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ import functools
 import http.client
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -57,14 +56,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results" / "sessions.json"
-sys.path.insert(0, str(ROOT))  # the OpenCode home the compat tests use
+sys.path.insert(0, str(ROOT))  # bench._common, and the OpenCode home the compat tests use
 
+from bench import _common as common  # noqa: E402
 from tests.compat.opencode_home import OPENCODE_BINARY, prepare, serve_command  # noqa: E402
 
 KEY = "bench-sessions-key"
@@ -80,12 +79,6 @@ Json = Any
 
 # --------------------------------------------------------------------------------------------
 # processes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pins() -> tuple[list[str], int | None, str]:
@@ -194,7 +187,7 @@ def _agentplex(
 ) -> Server:
     """`agentplex serve` on a fresh data directory; with ``tokens`` through the launcher that
     selects the scripted model's N-token mode."""
-    port = _free_port()
+    port = common.free_port()
     data = workdir / name
     env = _base_env()
     env.update(
@@ -226,7 +219,7 @@ def _agentplex(
 def _opencode(workdir: Path, model_url: str) -> Server:
     """The real OpenCode server, offline, with the fake model (docs/opencode-protocol.md)."""
     work, env = prepare(workdir / "opencode", model_url)
-    port = _free_port()
+    port = common.free_port()
     command = serve_command(port)
     return Server(
         "opencode", command, env, port, cwd=work, ready="/session", log=workdir / "opencode.log"
@@ -286,18 +279,6 @@ class FakeModel:
         self.conn.close()
         self.proc.terminate()
         self.proc.wait(5)
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,10 +352,10 @@ def bench_turns(
             target.added.append(wall - model_ms)
         out[target.label] = {
             "turns": len(target.walls),
-            "wall_p50_ms": round(_pct(target.walls, 0.5), 3),
-            "model_p50_ms": round(_pct(target.model_ms, 0.5), 3),
-            "added_p50_ms": round(_pct(target.added, 0.5), 3),
-            "added_p95_ms": round(_pct(target.added, 0.95), 3),
+            "wall_p50_ms": round(common.pct(target.walls, 0.5), 3),
+            "model_p50_ms": round(common.pct(target.model_ms, 0.5), 3),
+            "added_p50_ms": round(common.pct(target.added, 0.5), 3),
+            "added_p95_ms": round(common.pct(target.added, 0.95), 3),
             "first_turn_ms": [round(x, 1) for x in target.first],
             "turns_with_other_than_one_model_call": target.extra_calls,
         }
@@ -427,11 +408,11 @@ def bench_ws(server: Server, turns: int, gap_ms: float) -> dict[str, Json]:
     return {
         "gap_ms": gap_ms,
         "tokens_spaced": len(spaced_ms),
-        "spaced_p50_ms": round(_pct(spaced_ms, 0.5), 3),
-        "spaced_p95_ms": round(_pct(spaced_ms, 0.95), 3),
+        "spaced_p50_ms": round(common.pct(spaced_ms, 0.5), 3),
+        "spaced_p95_ms": round(common.pct(spaced_ms, 0.95), 3),
         "tokens_burst": len(burst_ms),
-        "burst_p50_ms": round(_pct(burst_ms, 0.5), 3),
-        "burst_p95_ms": round(_pct(burst_ms, 0.95), 3),
+        "burst_p50_ms": round(common.pct(burst_ms, 0.5), 3),
+        "burst_p95_ms": round(common.pct(burst_ms, 0.95), 3),
     }
 
 
@@ -580,7 +561,7 @@ def bench_sse(
     frames_file = workdir / "frames.json"
     frames_file.write_text(json.dumps(captured))
     sizes = [len(f.encode()) for f in captured]
-    port = _free_port()
+    port = common.free_port()
     bare = Server(
         "bare starlette sse",
         [
@@ -734,14 +715,9 @@ def _raise_nofile(want: int) -> int:
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    found = {"python": platform.python_version()}
-    for dist in ("agentplex", "uvicorn", "starlette", "uvloop", "httptools", "websockets"):
-        try:
-            found[dist] = version(dist)
-        except Exception:
-            found[dist] = "not installed"
+    found = common.versions(
+        ("agentplex", "uvicorn", "starlette", "uvloop", "httptools", "websockets")
+    )
     if OPENCODE_BINARY.exists():
         found["opencode"] = subprocess.run(
             [str(OPENCODE_BINARY), "--version"], capture_output=True, text=True, check=False
@@ -940,9 +916,6 @@ def main() -> int:
         finally:
             model.stop()
 
-    print()
-    for name, value, target, ok in figures:
-        print(f"{_verdict(ok) if target != '-' else 'info':<5} {name}: {value}  [target {target}]")
     if "turn" in report:
         print("\nper turn (ms):")
         for label, s in report["turn"].items():
@@ -954,27 +927,17 @@ def main() -> int:
                     f"{s['first_turn_ms']}, turns with !=1 model call: "
                     f"{s['turns_with_other_than_one_model_call']})"
                 )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "command": " ".join(["python", "bench/sessions.py", *sys.argv[1:]]),
-                "pinning": pinning,
-                "cpus": os.cpu_count(),
-                "versions": _versions(),
-                "figures": [
-                    {"figure": n, "value": v, "target": t, "pass": ok} for n, v, t, ok in figures
-                ],
-                "details": report,
-            },
-            indent=2,
-        )
-        + "\n"
+    return common.report(
+        figures,
+        RESULTS,
+        script="bench/sessions.py",
+        argv=sys.argv[1:],
+        details=report,
+        strict=args.strict,
+        pinning=pinning,
+        cpus=os.cpu_count(),
+        versions=_versions(),
     )
-    print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
-    missed = [f for f in figures if f[2] != "-" and not f[3]]
-    return 1 if args.strict and missed else 0
 
 
 if __name__ == "__main__":
