@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,12 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-@pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database URL on a fresh, empty database of each backend."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'agentplex.db'}"
+@contextmanager
+def fresh_database(backend: str, tmp: Path) -> Iterator[str]:
+    """The URL of a fresh, empty database of ``backend``: a SQLite file in ``tmp``, or a
+    PostgreSQL schema of its own, dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp / 'agentplex.db'}"
         return
     schema = "t_" + uuid.uuid4().hex[:16]
     libpq = PG_URL.replace("+psycopg", "")
@@ -55,6 +57,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     finally:
         with psycopg.connect(libpq, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database URL on a fresh, empty database of each backend."""
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
 
 
 SettingsFactory = Callable[..., Settings]

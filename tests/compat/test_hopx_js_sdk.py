@@ -23,9 +23,8 @@ from agentplex.db import migrate
 from agentplex.db.engine import Database
 from agentplex.settings import Settings, load_settings
 from tests.compat import node_scripts
-from tests.compat.conftest import module_database
 from tests.compat.node_scripts import Result
-from tests.conftest import BACKENDS, LiveServer, SettingsFactory
+from tests.conftest import BACKENDS, LiveServer, SettingsFactory, fresh_database
 
 # The script takes about 10 s; much longer on a loaded machine (its steps give up after 60 s).
 SCRIPT_TIMEOUT = 400
@@ -66,7 +65,7 @@ def js(
     """The main script's result, against a server with auth on and default rate limits."""
     node_scripts.node(SDK)
     tmp = tmp_path_factory.mktemp("js-sdk")
-    with pytest.MonkeyPatch.context() as mp, module_database(request.param, tmp) as url:
+    with pytest.MonkeyPatch.context() as mp, fresh_database(request.param, tmp) as url:
         for name in list(os.environ):  # a developer's own settings must not leak in
             if name.startswith("AGENTPLEX_") or name == "HOTPLEX_API_KEY":
                 mp.delenv(name)

@@ -20,10 +20,10 @@ import pytest
 
 from agentplex.settings import load_settings
 from tests.compat import node_scripts
-from tests.compat.conftest import API_KEY, module_database
+from tests.compat.conftest import API_KEY
 from tests.compat.node_scripts import Result
 from tests.compat.opencode_reference import HELLO, TOOL_ANSWER, TOOL_OUTPUT, fake_model
-from tests.conftest import BACKENDS, LiveServer
+from tests.conftest import BACKENDS, LiveServer, fresh_database
 
 SCRIPT_TIMEOUT = 300
 pytestmark = pytest.mark.timeout(SCRIPT_TIMEOUT + 120)
@@ -54,7 +54,7 @@ def js(
     secret = "sk-compat-" + secrets.token_hex(8)  # the model key agentplex holds
     with (
         pytest.MonkeyPatch.context() as mp,
-        module_database(request.param, tmp) as url,
+        fresh_database(request.param, tmp) as url,
         fake_model() as model_url,
     ):
         for name in list(os.environ):  # a developer's own settings must not leak in

@@ -21,9 +21,9 @@ import opencode_ai
 import pytest
 
 from agentplex.settings import load_settings
-from tests.compat.conftest import API_KEY, module_database
+from tests.compat.conftest import API_KEY
 from tests.compat.opencode_reference import HELLO, fake_model
-from tests.conftest import BACKENDS, LiveServer
+from tests.conftest import BACKENDS, LiveServer, fresh_database
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -51,7 +51,7 @@ def server(
     tmp: Path = tmp_path_factory.mktemp("opencode-python")
     with (
         pytest.MonkeyPatch.context() as mp,
-        module_database(request.param, tmp) as url,
+        fresh_database(request.param, tmp) as url,
         fake_model() as model_url,
     ):
         for name in list(os.environ):  # a developer's own settings must not leak in

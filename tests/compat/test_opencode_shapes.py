@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import pytest
 
 from agentplex.settings import load_settings
-from tests.compat.conftest import API_KEY, module_database
+from tests.compat.conftest import API_KEY
 from tests.compat.opencode_reference import (
     HELLO,
     TOOL_ANSWER,
@@ -38,7 +38,7 @@ from tests.compat.opencode_reference import (
     opencode_server,
     run_conversation,
 )
-from tests.conftest import BACKENDS, LiveServer
+from tests.conftest import BACKENDS, LiveServer, fresh_database
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -72,7 +72,7 @@ def agentplex(
     tmp = tmp_path_factory.mktemp("opencode-agentplex")
     with (
         pytest.MonkeyPatch.context() as mp,
-        module_database(request.param, tmp) as url,
+        fresh_database(request.param, tmp) as url,
         fake_model() as model_url,
     ):
         for name in list(os.environ):  # a developer's own settings must not leak in
