@@ -104,9 +104,15 @@ class RunQueue:
         lease_seconds: float = 30.0,
         env_limits: Mapping[str, int | None] | None = None,
         start_items: Callable[[list[Run]], list[Entry]] | None = None,
+        project_room: Mapping[str, int] | None = None,
+        project_cap: int | None = None,
     ) -> tuple[list[Run], list[StreamItem]]:
         """`claim`, and in the same transaction the stream items ``start_items(runs)`` makes
-        of the runs claimed (``run:start``...): the runs, and the items to announce."""
+        of the runs claimed (``run:start``...): the runs, and the items to announce.
+
+        With ``project_cap``, no project gets more than that many of the claimer's slots,
+        counting the ``project_room`` it holds already (project_id -> runs): a flood of one
+        project's runs leaves the other slots to other projects' runs."""
         if limit < 1:
             return [], []
         if lease_seconds <= 0:
@@ -119,11 +125,19 @@ class RunQueue:
             seen = await records.capacity(conn)
             saturated = {e for e, (n, cap) in seen.items() if _full(_cap(e, cap, overrides), n)}
             saturated |= {e for e, cap in overrides.items() if cap is not None and cap <= 0}
-            window = await records.candidates(conn, now, max(limit * 4, limit + 16), saturated)
-            self._blocked = bool(saturated)
+            held = dict(project_room or {})
+            full_projects = (
+                {p for p, n in held.items() if n >= project_cap}
+                if project_cap is not None
+                else set()
+            )
+            window = await records.candidates(
+                conn, now, max(limit * 4, limit + 16), saturated, full_projects
+            )
+            self._blocked = bool(saturated) or bool(full_projects)
             if not window:
                 return [], []
-            envs = {env_id for _, env_id in window}
+            envs = {env_id for _, env_id, _ in window}
             if self.db.is_sqlite:
                 # one writer at a time (BEGIN IMMEDIATE): what was counted above is exact
                 exact = {e: seen[e] for e in envs & seen.keys()}
@@ -134,12 +148,15 @@ class RunQueue:
             running = {e: n for e, (n, _) in exact.items()}
             limits = {e: _cap(e, cap, overrides) for e, (_, cap) in exact.items()}
             chosen: list[str] = []
-            for run_id, env_id in window:
+            for run_id, env_id, project_id in window:
                 if len(chosen) == limit:
                     break
                 if _full(limits.get(env_id), running.get(env_id, 0)):
                     continue
+                if project_cap is not None and held.get(project_id, 0) >= project_cap:
+                    continue
                 running[env_id] = running.get(env_id, 0) + 1
+                held[project_id] = held.get(project_id, 0) + 1
                 chosen.append(run_id)
             if len(chosen) < min(limit, len(window)):
                 self._blocked = True  # some were left for their environment's limit

@@ -456,6 +456,11 @@ class Worker:
         self._active: dict[tuple[str, int], _Active] = {}
         # fewer free slots than this, with runs going: wait a moment for more before claiming
         self._batch_floor = max(1, min(settings.claim_batch, self.slots) // 2)
+        # one project may hold all but an eighth of the slots (one at least): a flood of its
+        # runs cannot make other projects' runs wait for a slot
+        reserved = max(1, self.slots // 8) if self.slots > 1 else 0
+        self._project_cap: int | None = self.slots - reserved if reserved else None
+        self._capped = False  # the last claim left out a project at its cap
         self._writer = _Writer(db, streams, queue)
         # build_id -> the timeouts its manifest declares per function (builds never change)
         self._timeouts: dict[str, Mapping[str, float]] = {}
@@ -553,11 +558,18 @@ class Worker:
             asked_at = self.queue.clock()
             try:
                 # run:start and run:update (running) are written with the claim
+                held: dict[str, int] = {}
+                for active in self._active.values():
+                    held[active.run.project_id] = held.get(active.run.project_id, 0) + 1
+                cap = self._project_cap
+                self._capped = cap is not None and any(n >= cap for n in held.values())
                 runs, items = await self.queue.claim_and_start(
                     self.worker_id,
                     limit=min(free, settings.claim_batch),
                     lease_seconds=settings.lease_seconds,
                     start_items=_start_entries,
+                    project_room=held,
+                    project_cap=self._project_cap,
                 )
             except Exception:
                 log.exception("worker %s: claiming runs failed; retrying in 1 s", self.worker_id)
@@ -673,6 +685,8 @@ class Worker:
             self._active.pop((run.run_id, run.fence), None)
             self.finished += 1
             self._slot_freed.set()
+            if self._capped:  # the claim left a project's runs out: they may go now
+                self.queue.notify()
 
     async def _attempt(
         self, active: _Active, secrets: Mapping[str, str] | Exception

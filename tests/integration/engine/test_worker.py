@@ -711,3 +711,29 @@ async def test_a_calls_code_error_is_final_at_once(
     row = await run_row(db, run_id)
     assert row["status"] == "failed" and calls[run_id] == 1 and row["attempt"] == 1
     assert row["result"]["$err"]["type"] == "TypeError"
+
+
+async def test_a_flood_of_one_projects_runs_leaves_a_slot_to_other_projects(
+    engine: Engine, executor: MemoryExecutor, db: Database, env_id: str, project_id: str
+) -> None:
+    """One project may hold all but an eighth of a worker's slots (one at least): another
+    project's run starts at once instead of waiting behind the flood."""
+    release = asyncio.Event()
+
+    async def slow(ctx: Context, args: Any) -> str:
+        if ctx.job.project_id == project_id:
+            await release.wait()
+        return "done"
+
+    executor.functions["hello.tasks:run"] = slow
+    flood = await queue_runs(db, env_id, project_id, 8)
+    other_project = (await ProjectService(db).create(env_id, "other")).project_id
+    await engine.worker(workers=4)
+    await wait_for(lambda: _true(len(executor.jobs) == 3), what="3 of the flood's runs")
+    (other,) = await queue_runs(db, env_id, other_project, 1)
+    engine.queue.notify()
+    await wait_for(lambda: finished(db, other), timeout=3, what="the other project's run")
+    assert len({j.run_id for j in executor.jobs} & set(flood)) == 3  # the 4th slot was kept
+    release.set()
+    for run_id in flood:
+        await wait_for(lambda run_id=run_id: finished(db, run_id), what="the flood")

@@ -133,20 +133,26 @@ async def lock_environments(conn: AsyncConnection, env_ids: Collection[str]) -> 
 
 
 async def candidates(
-    conn: AsyncConnection, now: datetime, limit: int, exclude_envs: Collection[str]
-) -> list[tuple[str, str]]:
-    """Up to ``limit`` (run_id, env_id) of runs due to start, oldest due first, outside the
-    excluded environments. On PostgreSQL the rows are locked and rows another transaction
-    holds are skipped (``FOR UPDATE SKIP LOCKED``)."""
-    query = select(runs.c.run_id, runs.c.env_id).where(
+    conn: AsyncConnection,
+    now: datetime,
+    limit: int,
+    exclude_envs: Collection[str],
+    exclude_projects: Collection[str] = (),
+) -> list[tuple[str, str, str]]:
+    """Up to ``limit`` (run_id, env_id, project_id) of runs due to start, oldest due first,
+    outside the excluded environments and projects. On PostgreSQL the rows are locked and
+    rows another transaction holds are skipped (``FOR UPDATE SKIP LOCKED``)."""
+    query = select(runs.c.run_id, runs.c.env_id, runs.c.project_id).where(
         runs.c.status == "queued", runs.c.available_at <= now
     )
     if exclude_envs:
         query = query.where(runs.c.env_id.not_in(list(exclude_envs)))
+    if exclude_projects:
+        query = query.where(runs.c.project_id.not_in(list(exclude_projects)))
     query = query.order_by(runs.c.available_at, runs.c.created_at, runs.c.run_id).limit(limit)
     if _is_pg(conn):
         query = query.with_for_update(skip_locked=True)
-    return [(str(r), str(e)) for r, e in await conn.execute(query)]
+    return [(str(r), str(e), str(p)) for r, e, p in await conn.execute(query)]
 
 
 async def mark_claimed(
