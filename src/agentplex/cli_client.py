@@ -406,23 +406,29 @@ def deploy(path: Path, project: str | None, url: str, api_key: str | None) -> No
     if not built.files:
         raise click.ClickException(f"{path} holds no files to deploy")
     click.echo(
-        f"packaging {path}: {len(built.files)} files, {_kib(len(built.data))} "
+        f"packaging {path}: {len(built.files)} file{'s' if len(built.files) != 1 else ''}, "
+        f"{_kib(len(built.data))} "
         f"(sha256 {built.sha256[:12]})",
         err=True,
     )
     with _client(url, api_key) as client:
-        found = _ensure_project(client, name)
+        found, created = _ensure_project(client, name)
         project_id = str(found["project_id"])
         # one id per project and contents: deploying an unchanged tree again re-uses its build
         build_id = str(uuid.uuid5(uuid.UUID(project_id), built.sha256))
         click.echo(f"uploading {_kib(len(built.data))} to project {name}", err=True)
-        with _client_timeout(client, _UPLOAD_TIMEOUT):
-            response = client.request(
-                "POST",
-                f"/v1/projects/{project_id}/builds",
-                data={"hash": built.sha256, "build_id": build_id},
-                files={"file": (f"{name}.zip", built.data, "application/zip")},
-            )
+        try:
+            with _client_timeout(client, _UPLOAD_TIMEOUT):
+                response = client.request(
+                    "POST",
+                    f"/v1/projects/{project_id}/builds",
+                    data={"hash": built.sha256, "build_id": build_id},
+                    files={"file": (f"{name}.zip", built.data, "application/zip")},
+                )
+        except click.ClickException:
+            if created:  # the build was refused: leave no empty project behind
+                client.request("DELETE", f"/v1/projects/{project_id}", allow=(404,))
+            raise
         build = response.json()["data"]
         if response.headers.get("X-Build-Exists") == "true":
             click.echo(f"build {build_id} was uploaded before (same contents)", err=True)
@@ -435,15 +441,21 @@ def deploy(path: Path, project: str | None, url: str, api_key: str | None) -> No
         click.echo(f"  {line}")
 
 
-def _ensure_project(client: Client, name: str) -> Item:
+def _ensure_project(client: Client, name: str) -> tuple[Item, bool]:
+    """The project named ``name``, and whether this call created it."""
     if _safe_name(name):
         response = client.request("GET", f"/v1/projects/{name}", allow=(404,))
         if response.status_code == 200:
             found: Item = response.json()["data"]
-            return found
+            return found, False
+    else:
+        raise click.ClickException(
+            f"{name!r} cannot be a project name (letters, digits, '.', '_' and '-'): "
+            "give one with --project NAME"
+        )
     click.echo(f"creating project {name}", err=True)
     created: Item = client.data("POST", "/v1/projects", json={"name": name})
-    return created
+    return created, True
 
 
 def _safe_name(name: str) -> bool:
@@ -486,9 +498,14 @@ def _entry_points(manifest: Item) -> list[str]:
     return lines
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _call_arguments(text: str) -> Any:
     try:
-        args = json.loads(text)
+        args = json.loads(text, parse_constant=_no_constant)
+        json.dumps(args, allow_nan=False)  # 1e999 parses as infinity: not JSON either
     except ValueError as exc:
         raise click.BadParameter(
             f"not JSON ({exc}): e.g. '[2, 3]'", param_hint="ARGS_JSON"

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import Cli, ServeFactory, free_port
@@ -133,3 +134,33 @@ def test_unreachable_server_refused_key_and_unknown_run_say_so_in_one_line(
     none_yet = cli("runs", "tail", env=good, check=False)
     assert "no runs yet" in _one_line_error(none_yet)
     assert "0 of 0 runs" in cli("runs", "list", env=good).stderr
+    for bad in ("[NaN, 1]", "[1e999, 1]", "[Infinity]"):  # what Python reads and JSON lacks
+        refused_args = cli("call", "::hello::math/add", bad, env=good, check=False)
+        assert refused_args.returncode == 2 and "Traceback" not in refused_args.stderr
+        assert "not JSON" in refused_args.stderr
+
+
+def test_a_refused_deploy_leaves_no_empty_project_behind(
+    cli: Cli, serve: ServeFactory, new_key: Callable[..., str], tmp_path: Path
+) -> None:
+    key = new_key()
+    server = serve()
+    env = {"AGENTPLEX_URL": server.url, "AGENTPLEX_API_KEY": key}
+    project = tmp_path / "broken"
+    (project / "app").mkdir(parents=True)
+    (project / "app" / "__init__.py").write_text("")
+    (project / "agentplex.json").write_text(
+        json.dumps({"schedules": [{"cron": "61 * * * *", "function": "app:nothing"}]})
+    )
+    refused = cli("deploy", str(project), env=env, check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "creating project broken" in refused.stderr
+    listing = httpx.get(
+        f"{server.url}/v1/projects", headers={"Authorization": f"Bearer {key}"}
+    ).json()
+    assert [p["name"] for p in listing["data"]] == []
+    spaced = tmp_path / "my proj"
+    spaced.mkdir()
+    (spaced / "main.py").write_text("x = 1\n")
+    named = cli("deploy", str(spaced), env=env, check=False)
+    assert named.returncode == 1 and "--project NAME" in named.stderr.strip().splitlines()[-1]
