@@ -395,6 +395,43 @@ async def _create_env(settings: Settings, name: str) -> Any:
         return await environments.create(conn, name)
 
 
+@env_group.command("quota")
+@click.argument("name", default="default")
+@click.option("--max-concurrent-runs", type=int, default=None, help="Runs at once (0-100000).")
+@click.option("--requests-per-hour", type=int, default=None, help="Shown by Hot's quota.")
+@_DATA_DIR_OPTION
+@_CONFIG_OPTION
+def env_quota(
+    name: str,
+    max_concurrent_runs: int | None,
+    requests_per_hour: int | None,
+    data_dir: Path | None,
+    config_file: Path | None,
+) -> None:
+    """Show or change an environment's quota (runs beyond max_concurrent_runs wait queued)."""
+    from agentplex.errors import AgentplexError
+
+    settings = _settings(config_file, {"data_dir": data_dir})
+    try:
+        env = asyncio.run(_set_quota(settings, name, max_concurrent_runs, requests_per_hour))
+    except AgentplexError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(
+        f"{env.name}: max_concurrent_runs {env.max_concurrent_runs}, "
+        f"requests_per_hour {env.requests_per_hour}"
+    )
+
+
+async def _set_quota(settings: Settings, name: str, runs: int | None, requests: int | None) -> Any:
+    from agentplex.core import environments
+
+    async with _connection(settings, write=True) as conn:
+        await environments.ensure_default(conn)
+        return await environments.set_quota(
+            conn, name, max_concurrent_runs=runs, requests_per_hour=requests
+        )
+
+
 @env_group.command("list")
 @_DATA_DIR_OPTION
 @_CONFIG_OPTION

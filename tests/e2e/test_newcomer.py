@@ -43,6 +43,21 @@ def test_env_create_list_and_hot_env_reflects_the_keys_environment(
     assert rows["default"][2] == "1"
     missing = cli("auth", "token", "--env", "prod", "--data-dir", str(data_dir), check=False)
     assert missing.returncode != 0 and "env create prod" in missing.stderr
+    quota_set = cli(
+        "env", "quota", "staging", "--max-concurrent-runs", "7", "--data-dir", str(data_dir)
+    )
+    assert "max_concurrent_runs 7" in quota_set.stdout
+    too_many = cli(
+        "env",
+        "quota",
+        "staging",
+        "--max-concurrent-runs",
+        "-1",
+        "--data-dir",
+        str(data_dir),
+        check=False,
+    )
+    assert too_many.returncode != 0 and "0 to 100000" in too_many.stderr
 
     server = serve()
     with server.client(staging_key) as http:
@@ -54,7 +69,7 @@ def test_env_create_list_and_hot_env_reflects_the_keys_environment(
         assert set(body["meta"]) == {"request_id", "timestamp"}
         quota = http.get("/v1/env/quota").json()["data"]
         assert quota["compute_used_percent"] == 0
-        assert quota["max_concurrent_runs"] > 0 and quota["requests_per_hour"] > 0
+        assert quota["max_concurrent_runs"] == 7 and quota["requests_per_hour"] > 0
     with server.client(default_key) as http:
         assert http.get("/v1/env").json()["data"]["name"] == "default"
     with server.client() as http:

@@ -103,6 +103,36 @@ async def create(conn: AsyncConnection, name: str) -> Environment:
     return await _insert(conn, name)
 
 
+async def set_quota(
+    conn: AsyncConnection,
+    name: str,
+    *,
+    max_concurrent_runs: int | None = None,
+    requests_per_hour: int | None = None,
+) -> Environment:
+    """Change the environment's quota (what is given): ``max_concurrent_runs`` (0..100,000:
+    runs beyond it wait queued; 0 runs none) and ``requests_per_hour`` (shown by Hot's quota).
+    EnvironmentNotFound, or BadRequest for a value out of range."""
+    values: dict[str, int] = {}
+    for key, value in (
+        ("max_concurrent_runs", max_concurrent_runs),
+        ("requests_per_hour", requests_per_hour),
+    ):
+        if value is None:
+            continue
+        if not 0 <= value <= 100_000:
+            raise BadRequest(f"{key} is {value}: give a whole number from 0 to 100000")
+        values[key] = value
+    env = await get_by_name(conn, name)
+    if env is None:
+        raise EnvironmentNotFound(f"No environment named {name!r}")
+    if values:
+        await conn.execute(
+            environments.update().where(environments.c.id == env.id).values(**values)
+        )
+    return await get(conn, env.id)
+
+
 async def list_all(conn: AsyncConnection) -> list[Environment]:
     """Every environment, oldest first."""
     rows = await conn.execute(select(environments).order_by(environments.c.created_at))
